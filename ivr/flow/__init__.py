@@ -1,0 +1,1 @@
+"""Flow language: YAML files loaded into validated, immutable node graphs."""

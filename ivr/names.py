@@ -1,0 +1,38 @@
+"""Names shared with Asterisk, defined once.
+
+``tests/test_asterisk_conf.py`` checks that ``asterisk_conf/`` uses these exact
+names, so the dialplan and the code cannot drift apart.
+"""
+
+# Channel variables set by the voice face before a transfer. The ``__`` prefix
+# makes Asterisk inherit them into the agent's channel (and beyond).
+VAR_SESSION = "IVR_SESSION"
+VAR_SUMMARY = "IVR_SUMMARY"
+VAR_LANGUAGE = "IVR_LANGUAGE"
+VAR_REASON = "IVR_REASON"
+INHERIT = "__"
+
+# Queue priority is read by Queue() from this channel variable only.
+VAR_QUEUE_PRIO = "QUEUE_PRIO"
+
+# Dialplan contexts in asterisk_conf/extensions.conf.
+CONTEXT_SERVICE = "ivr-service"       # service number entry: AGI to the server
+CONTEXT_FALLBACK = "ivr-fallback"     # AGI failed: straight to an agent queue
+CONTEXT_QUEUE = "ivr-queue"           # a live call moved to a queue (AMI Redirect)
+CONTEXT_CALLBACK = "ivr-callback"     # callbacks originate into this context
+CONTEXT_AGENTS = "ivr-agents"         # agent interfaces (Local/NAME@ivr-agents)
+
+# Default queue a call lands in when the flow or the server fails.
+FALLBACK_QUEUE = "support"
+
+# The process-AGI entry script installed in agi-bin.
+AGI_SCRIPT = "ivr_agi.py"
+EAGI_SCRIPT = "ivr_eagi.py"
+
+# Default network ports.
+DEFAULT_AGI_PORT = 4573
+DEFAULT_HTTP_PORT = 8080
+DEFAULT_AUDIOSOCKET_PORT = 9092
+
+# Directory under Asterisk's sounds directory where prompts are rendered.
+SOUNDS_SUBDIR = "ivr"
