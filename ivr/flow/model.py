@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Annotated, ClassVar, Iterator, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 
 if TYPE_CHECKING:  # pragma: no cover
     from ivr.engine.context import Ctx, Transition
@@ -30,7 +30,15 @@ def _keystr(value: Any) -> Any:
     return value
 
 
-Key = Annotated[str, BeforeValidator(_keystr), Field(pattern=r"^[0-9*#]$", description="one keypad key")]
+Key = Annotated[
+    str,
+    BeforeValidator(_keystr),
+    Field(pattern=r"^[0-9*#]$"),
+    WithJsonSchema({
+        "description": "one keypad key: 0-9, * or #",
+        "anyOf": [{"type": "string", "pattern": "^[0-9*#]$"}, {"type": "integer", "minimum": 0, "maximum": 9}],
+    }),
+]
 NodeId = Annotated[str, Field(pattern=ID_RE, description="id of a node in this flow")]
 VarName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 Seconds = Annotated[float, Field(gt=0, le=600, description="seconds")]

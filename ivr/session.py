@@ -1,0 +1,198 @@
+"""The call driver shared by every face: engine turns in, face I/O out, trail kept.
+
+A face (voice over FastAGI, web, terminal simulator) implements :class:`Face`:
+present prompts and collect one input, carry out a transfer, end the call.
+The driver runs the engine, performs look-ups, writes every event to the trail
+and ends the session cleanly whatever happens: a hang-up is a normal end, and
+an unexpected error sends the caller somewhere safe.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Protocol
+
+from ivr.engine import Engine, EngineError, Event, Expect, Input, PromptOut, Turn, public_state
+from ivr.flow.model import Flow
+from ivr.store.summary import build_summary
+
+log = logging.getLogger("ivr.session")
+
+
+class CallerGone(Exception):
+    """Raised by a face when the caller hung up (or the call was moved away)."""
+
+    def __init__(self, reason: str = "caller"):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Face(Protocol):
+    channel: str
+
+    async def collect(self, prompts: list[PromptOut], expect: Expect) -> Input:
+        """Present prompts (with barge-in) and return one input (or ``Input.noinput()``)."""
+
+    async def present(self, prompts: list[PromptOut]) -> None:
+        """Present prompts that need no answer."""
+
+    async def transfer(self, params: dict[str, Any], session: "SessionInfo") -> dict[str, Any]:
+        """Hand the caller to a person; return ``{"status": answered|continue|failed|...}``."""
+
+    async def finish(self, outcome: str, session: "SessionInfo") -> None:
+        """End the call on this face (hang up, close the page ...)."""
+
+
+ActionHandler = Callable[["CallDriver", Face, "SessionInfo", dict[str, Any]], Awaitable[dict[str, Any]]]
+ACTION_HANDLERS: dict[str, ActionHandler] = {}
+
+
+def register_action(kind: str) -> Callable[[ActionHandler], ActionHandler]:
+    """Other packages add actions (send an SMS, book a callback ...) by name."""
+
+    def deco(fn: ActionHandler) -> ActionHandler:
+        if kind in ACTION_HANDLERS and ACTION_HANDLERS[kind] is not fn:
+            raise ValueError(f"action {kind!r} is already registered")
+        ACTION_HANDLERS[kind] = fn
+        return fn
+
+    return deco
+
+
+@dataclass
+class SessionInfo:
+    id: str
+    flow: Flow
+    channel: str
+    caller: str | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> str:
+        return build_summary(self.events)
+
+
+@dataclass
+class CallResult:
+    session_id: str
+    outcome: str
+    node: str | None
+    variables: dict[str, Any]
+    summary: str
+    reason: str | None
+    trail: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "outcome": self.outcome,
+            "node": self.node,
+            "variables": self.variables,
+            "summary": self.summary,
+            "reason": self.reason,
+            "trail": self.trail,
+        }
+
+
+class CallDriver:
+    """Runs sessions. ``store`` is a TrailStore (or None for no persistence),
+    ``lookups`` a LookupRunner, ``backend_url`` the base for relative look-up URLs."""
+
+    def __init__(self, engine: Engine, store: Any, lookups: Any, *, backend_url: str | None = None,
+                 clock: Callable[[], Any] | None = None):
+        self.engine = engine
+        self.store = store
+        self.lookups = lookups
+        self.backend_url = (backend_url or "").rstrip("/")
+        self.clock = clock
+
+    def _now(self) -> Any:
+        return self.clock() if self.clock else None
+
+    def _record(self, info: SessionInfo, turn: Turn, channel: str) -> None:
+        info.state = turn.state
+        if not turn.events:
+            return
+        dicts = [e.to_dict() for e in turn.events]
+        for d in dicts:
+            d["channel"] = channel
+        info.events.extend(dicts)
+        if self.store is not None:
+            self.store.append(info.id, turn.events, channel)
+
+    async def run(self, face: Face, flow: Flow, context: dict[str, Any]) -> CallResult:
+        turn = self.engine.start(flow, context, now=self._now())
+        info = SessionInfo(turn.state["session_id"], flow, face.channel, context.get("caller"))
+        if self.store is not None:
+            await self.store.create_session(
+                session_id=info.id, flow_id=flow.id, flow_version=flow.version, channel=face.channel,
+                caller=context.get("caller"), dialed=context.get("dialed"), uniqueid=context.get("uniqueid"),
+                language=turn.state["lang"], variables=public_state(turn.state)["vars"],
+            )
+        self._record(info, turn, face.channel)
+        return await self.drive(face, info, turn)
+
+    async def drive(self, face: Face, info: SessionInfo, turn: Turn) -> CallResult:
+        """Step the engine until the session ends, however it ends."""
+        try:
+            while not turn.ended:
+                try:
+                    inp = await self._next_input(face, info, turn)
+                except CallerGone as gone:
+                    inp = Input.hangup(gone.reason)
+                turn = self.engine.advance(turn.state, inp, now=self._now())
+                self._record(info, turn, face.channel)
+            if turn.outcome != "hangup":
+                try:
+                    if turn.prompts:
+                        await face.present(turn.prompts)
+                except CallerGone:
+                    pass
+        except Exception as exc:  # the server survives any one call's failure
+            log.exception("session %s failed at node %s", info.id, turn.state.get("node"))
+            err = Event("error", turn.state.get("node"), {"where": "driver", "message": f"{type(exc).__name__}: {exc}"})
+            info.events.append({**err.to_dict(), "channel": face.channel})
+            if self.store is not None:
+                self.store.append(info.id, [err], face.channel)
+            turn.state["status"] = "ended"
+            turn.state["outcome"] = "error"
+        outcome = turn.state.get("outcome") or "error"
+        try:
+            await face.finish(outcome, info)
+        except Exception:
+            log.exception("session %s: face failed to finish", info.id)
+        summary = build_summary(info.events)
+        state = public_state(turn.state)
+        if self.store is not None:
+            await self.store.save_state(info.id, state, variables=state["vars"], language=state["lang"])
+            await self.store.end_session(info.id, outcome=outcome, node=state.get("node"), summary=summary,
+                                         reason=state.get("reason"))
+        return CallResult(info.id, outcome, state.get("node"), state["vars"], summary, state.get("reason"),
+                          info.events)
+
+    async def _next_input(self, face: Face, info: SessionInfo, turn: Turn) -> Input:
+        if turn.expect is not None:
+            return await face.collect(turn.prompts, turn.expect)
+        if turn.prompts:
+            await face.present(turn.prompts)
+        pending = [a for a in turn.actions if a.await_result]
+        if not pending:
+            raise EngineError(f"engine waits at {turn.state.get('node')} with nothing to wait for")
+        action = pending[0]
+        if action.kind == "lookup":
+            params = dict(action.params)
+            if params["url"].startswith("/"):
+                params["url"] = self.backend_url + params["url"]
+            return Input.result(await self.lookups.run(params))
+        if action.kind == "transfer":
+            if self.store is not None:
+                await self.store.flush(info.id)
+                await self.store.save_state(info.id, public_state(turn.state))
+            params = dict(action.params, session_id=info.id, summary=info.summary)
+            return Input.result(await face.transfer(params, info))
+        handler = ACTION_HANDLERS.get(action.kind)
+        if handler is None:
+            raise EngineError(f"no handler for action {action.kind!r}")
+        return Input.result(await handler(self, face, info, dict(action.params)))
