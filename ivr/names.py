@@ -36,3 +36,16 @@ DEFAULT_AUDIOSOCKET_PORT = 9092
 
 # Directory under Asterisk's sounds directory where prompts are rendered.
 SOUNDS_SUBDIR = "ivr"
+
+# Set by the server when the AGI ends: completed, transfer, hangup, failed,
+# error, noflow. The dialplan sends "error" and "noflow" (and an AGI that
+# could not reach the server at all: AGISTATUS=FAILURE) to CONTEXT_FALLBACK.
+VAR_RESULT = "IVR_RESULT"
+
+# Asterisk's own variables read after Queue().
+VAR_QUEUESTATUS = "QUEUESTATUS"
+VAR_ANSWEREDTIME = "ANSWEREDTIME"
+VAR_DIALSTATUS = "DIALSTATUS"
+
+# Played when a menu starts collecting after a key interrupted a prompt (core sounds).
+SILENCE_FILE = "silence/1"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -150,8 +151,7 @@ def load_flow_text(data: bytes | str, path: str = "<flow>", *,
         if not isinstance(body, dict):
             col.add(loc, "a node must be a mapping with a 'type'", node=node_id)
             continue
-        import re as _re
-        if not _re.match(ID_RE, node_id):
+        if not re.match(ID_RE, node_id):
             col.add(loc, "node ids use letters, digits, '_', '-' and '.'", node=node_id, key=True)
         ntype = body.get("type")
         cls = NODE_TYPES.get(ntype) if isinstance(ntype, str) else None
@@ -227,10 +227,12 @@ def load_flow_text(data: bytes | str, path: str = "<flow>", *,
     if settings.failure and settings.failure not in node_bodies:
         col.add(("settings", "failure"), f"failure node '{settings.failure}' does not exist")
 
-    # --- graph checks (only meaningful when every node loaded)
+    # --- graph checks (reachability only when every node loaded: a broken
+    # node's exits are unknown)
+    _check_cycles(col, nodes)
     if len(nodes) == len(node_bodies) and isinstance(start, str) and start in nodes:
-        _check_cycles(col, nodes)
         _check_reachable(col, nodes, start, settings)
+    col.problems.sort(key=lambda p: (p.line, p.col))
 
     if col.errors or doc is None:
         raise FlowLoadError(col.problems)

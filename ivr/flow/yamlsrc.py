@@ -86,13 +86,22 @@ def load(text: str | bytes) -> Source:
         raise YamlError(f"YAML syntax error: {exc.problem or exc.context}", pos) from None
     except yaml.YAMLError as exc:
         raise YamlError(f"YAML error: {exc}", Pos(1, 1)) from None
+    except RecursionError:
+        raise YamlError(f"nesting deeper than {MAX_DEPTH} levels", Pos(1, 1)) from None
     finally:
         loader.dispose()
     if node is None:
         raise YamlError("file is empty", Pos(1, 1))
     src = Source(None)
     counter = [0]
-    src.data = _walk(loader, node, (), src, 0, counter)
+    try:
+        src.data = _walk(loader, node, (), src, 0, counter)
+    except yaml.MarkedYAMLError as exc:  # e.g. a tag no safe constructor knows
+        mark = exc.problem_mark or exc.context_mark
+        pos = Pos(mark.line + 1, mark.column + 1) if mark else Pos(1, 1)
+        raise YamlError(f"YAML error: {exc.problem or exc.context}", pos) from None
+    except RecursionError:
+        raise YamlError(f"nesting deeper than {MAX_DEPTH} levels", Pos(1, 1)) from None
     return src
 
 

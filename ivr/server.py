@@ -1,0 +1,191 @@
+"""``ivr serve``: the composition root. Wires the flow registry, engine, trail
+store, look-ups, the FastAGI server and the web app, and shuts them down in
+order on SIGTERM (calls in progress may finish, bounded by ``shutdown_grace``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from ivr import names
+from ivr.agi.channel import AgiChannel
+from ivr.agi.protocol import AgiError
+from ivr.agi.server import FastAgiServer
+from ivr.agi.voice import VoiceFace, call_context
+from ivr.config import Config
+from ivr.engine import Engine
+from ivr.flow.registry import FlowRegistry
+from ivr.lookup import LookupRunner
+from ivr.session import CallDriver
+from ivr.store import TrailStore
+
+log = logging.getLogger("ivr.server")
+
+# Features add themselves to the server here (speech, desk, visual IVR,
+# callbacks, metrics): each gets the App after its core parts exist.
+Extension = Callable[["App"], Awaitable[None]]
+EXTENSIONS: list[Extension] = []
+
+APP_KEY: web.AppKey["App"] = web.AppKey("ivr_app")
+
+
+@dataclass
+class App:
+    config: Config
+    registry: FlowRegistry
+    store: TrailStore
+    lookups: LookupRunner
+    engine: Engine
+    driver: CallDriver
+    agi: FastAgiServer | None = None
+    web: web.Application | None = None
+    started: float = field(default_factory=time.time)
+    cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    voice_hooks: dict[str, Any] = field(default_factory=dict)
+
+    async def handle_call(self, chan: AgiChannel) -> None:
+        """One FastAGI call: pick the flow, run it, always leave the channel somewhere safe."""
+        flow_name, context = call_context(chan.env)
+        flow = self.registry.find(flow_name)
+        if flow is None:
+            log.error("call %s asks for flow %r, which is not loaded (have: %s)", chan.uniqueid, flow_name,
+                      ", ".join(sorted(self.registry.current)) or "none")
+            try:
+                await chan.set_variable(names.VAR_RESULT, "noflow")
+            except AgiError:
+                pass
+            return
+        context["session_id"] = uuid.uuid4().hex
+        try:
+            await chan.answer()
+            await chan.set_variable(names.INHERIT + names.VAR_SESSION, context["session_id"])
+        except AgiError:
+            return  # gone before the flow began: nothing to record
+        face = VoiceFace(chan, sounds_prefix=self.config.sounds_prefix, **self.voice_hooks)
+        await self.driver.run(face, flow, context)
+
+
+def create_web_app(app: App) -> web.Application:
+    webapp = web.Application(client_max_size=256 * 1024)
+    webapp[APP_KEY] = app
+    from ivr.demo_backend import add_routes
+
+    add_routes(webapp, "/demo-api")
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "uptime_s": round(time.time() - app.started, 1)})
+
+    async def readyz(request: web.Request) -> web.Response:
+        problems = []
+        try:
+            await app.store.ping()
+        except Exception as exc:  # noqa: BLE001 - report any database failure
+            problems.append(f"database: {type(exc).__name__}")
+        if not app.registry.current:
+            problems.append("no flows loaded")
+        body = {
+            "ready": not problems,
+            "problems": problems,
+            "flows": {fid: f.version for fid, f in app.registry.current.items()},
+            "flow_errors": app.registry.errors,
+            "calls_in_progress": app.agi.active_calls if app.agi else 0,
+        }
+        return web.json_response(body, status=200 if not problems else 503)
+
+    webapp.router.add_get("/healthz", healthz)
+    webapp.router.add_get("/readyz", readyz)
+    return webapp
+
+
+async def build_app(config: Config, *, clock: Callable[[], Any] | None = None) -> App:
+    registry = FlowRegistry(config.flows_dir)
+    registry.reload()
+    store = await TrailStore.open(config.database_url)
+    lookups = LookupRunner()
+    engine = Engine(registry.get)
+    backend = config.backend_url or f"http://127.0.0.1:{config.http_port}/demo-api"
+    driver = CallDriver(engine, store, lookups, backend_url=backend, clock=clock)
+    return App(config, registry, store, lookups, engine, driver)
+
+
+async def start_app(app: App) -> tuple[web.AppRunner, web.TCPSite]:
+    config = app.config
+    for ext in EXTENSIONS:
+        await ext(app)
+    app.web = create_web_app(app)
+    runner = web.AppRunner(app.web, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.http_host, config.http_port)
+    await site.start()
+    if config.http_port == 0:  # a free port was chosen: relative look-ups go there
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        config.http_port = port
+        if not config.backend_url:
+            app.driver.backend_url = f"http://127.0.0.1:{port}/demo-api"
+    app.agi = FastAgiServer(app.handle_call, config.agi_host, config.agi_port, command_timeout=config.command_timeout)
+    await app.agi.start()
+    config.agi_port = app.agi.bound_port
+    app.registry.start_watching(config.reload_interval)
+    return runner, site
+
+
+async def stop_app(app: App, runner: web.AppRunner) -> None:
+    if app.agi:
+        await app.agi.stop(app.config.shutdown_grace)
+    await app.registry.stop()
+    for cleanup in reversed(app.cleanups):
+        try:
+            await cleanup()
+        except Exception:
+            log.exception("clean-up failed")
+    await runner.cleanup()
+    await app.lookups.close()
+    await app.store.close()
+
+
+def _setup_logging(config: Config) -> None:
+    level = getattr(logging, config.log_level.upper(), logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    if config.log_json:
+        class JsonFormatter(logging.Formatter):
+            def format(self, record: logging.LogRecord) -> str:
+                out = {"ts": round(record.created, 3), "level": record.levelname, "logger": record.name,
+                       "msg": record.getMessage()}
+                if record.exc_info:
+                    out["exc"] = self.formatException(record.exc_info)
+                return json.dumps(out, ensure_ascii=False)
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+async def serve(config: Config) -> int:
+    _setup_logging(config)
+    app = await build_app(config)
+    if not app.registry.current:
+        log.error("no valid flows in %s: %s", config.flows_dir, app.registry.errors or "folder is empty")
+    runner, _ = await start_app(app)
+    log.info("ready: FastAGI agi://%s:%d/<flow>  web http://%s:%d/  flows: %s", config.agi_host, config.agi_port,
+             config.http_host, config.http_port, ", ".join(sorted(app.registry.current)) or "none")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: %d calls in progress", app.agi.active_calls if app.agi else 0)
+    await stop_app(app, runner)
+    log.info("stopped")
+    return 0
