@@ -144,13 +144,13 @@ class VoiceFace:
         if first == expect.terminator:
             return Input.dtmf(first)  # '#' alone: the flow-level key, if any
         if first:
-            if len(first) >= expect.max_length:
-                return Input.dtmf(first)
-            rest, _ = await self.chan.get_data(names.SILENCE_FILE, timeout_ms, expect.max_length - len(first))
+            rest, _ = await self.chan.get_data(names.SILENCE_FILE, timeout_ms, expect.max_length + 1 - len(first))
             return Input.dtmf(first + rest)
         file = await self._file(last) if last else names.SILENCE_FILE
         try:
-            digits, timed_out = await self.chan.get_data(file, timeout_ms, expect.max_length)
+            # one more than the longest entry, so a '#' after a full entry ends
+            # GET DATA instead of staying queued to interrupt the next prompt
+            digits, timed_out = await self.chan.get_data(file, timeout_ms, expect.max_length + 1)
         except AgiFileMissing:  # pragma: no cover - GET DATA does not report missing files
             digits, timed_out = "", True
         if digits == "" and not timed_out:
