@@ -96,6 +96,7 @@ async def run_call(args: argparse.Namespace) -> int:
 
 
 async def _run_via_agi(args: argparse.Namespace) -> int:
+    from ivr.testing.callers import SimLikeCaller
     from ivr.testing.fake_asterisk import SILENCE, FakeAsterisk
 
     host, _, port = args.agi.rpartition(":")
@@ -104,8 +105,8 @@ async def _run_via_agi(args: argparse.Namespace) -> int:
     for token in parse_keys(args.keys or ""):
         script.append(SILENCE if token in ("-", "_", "silence") else token)
     query = f"?lang={args.lang}" if args.lang else ""
-    fake = FakeAsterisk(host or "127.0.0.1", int(port), inputs=script, script=f"{flow_id}{query}",
-                        callerid=args.caller, dnid=args.dialed, hangup_when_done=True, idle_timeout=60)
+    fake = FakeAsterisk(host or "127.0.0.1", int(port), inputs=SimLikeCaller(script),
+                        script=f"{flow_id}{query}", callerid=args.caller, dnid=args.dialed, idle_timeout=60)
     call = await fake.run()
     session_id = call.variables.get("IVR_SESSION")
     if not session_id:

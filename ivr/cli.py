@@ -98,8 +98,9 @@ def _call(p: argparse.ArgumentParser):
     p.add_argument("--at", help="pretend the call happens at this ISO time (business hours)")
     p.add_argument("--backend-url", help="business backend base URL (default: a demo backend started here)")
     p.add_argument("--database-url", help="trail database (default: sqlite:///var/ivr.db; with --agi: the server's)")
-    p.add_argument("--transfer", default="answered", choices=["answered", "continue", "failed"],
-                   help="what happens when the flow transfers (simulator)")
+    p.add_argument("--transfer", default="continue", choices=["continue", "ended", "failed"],
+                   help="how a transfer ends in the simulator: the agent hangs up and the call continues "
+                        "(default), the call ends with the agent, or nobody answers")
 
     def run(args: argparse.Namespace) -> int:
         from ivr.callcmd import run_call

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
+from sqlalchemy import text as sa_text
 
 from ivr import names
 from ivr.agi.channel import AgiChannel
@@ -87,7 +88,9 @@ def create_web_app(app: App) -> web.Application:
     async def readyz(request: web.Request) -> web.Response:
         problems = []
         try:
-            await app.store.ping()
+            async with asyncio.timeout(2):
+                async with app.store.engine.connect() as conn:
+                    await conn.execute(sa_text("SELECT 1"))
         except Exception as exc:  # noqa: BLE001 - report any database failure
             problems.append(f"database: {type(exc).__name__}")
         if not app.registry.current:

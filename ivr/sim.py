@@ -28,7 +28,7 @@ class SimFace:
     channel = "sim"
 
     def __init__(self, keys: list[str] | None = None, *, out: TextIO | None = None, quiet: bool = False,
-                 transfer_status: str = "answered", read_line: Callable[[str], str] | None = None):
+                 transfer_status: str = "continue", read_line: Callable[[str], str] | None = None):
         self.keys = list(keys) if keys is not None else None
         self.out = out or sys.stdout
         self.quiet = quiet
@@ -86,7 +86,10 @@ class SimFace:
         self._print(f"  ☎ transfer to {target} (priority {params.get('priority', 0)})")
         self._print(f"    reason: {params.get('reason')}")
         self._print(f"    summary: {params.get('summary')}")
-        return {"status": self.transfer_status}
+        result: dict[str, Any] = {"status": self.transfer_status}
+        if params.get("queue"):
+            result["queue"] = params["queue"]
+        return result
 
     async def finish(self, outcome: str, session: SessionInfo) -> None:
         self._print(f"  (call ended: {outcome})")

@@ -182,6 +182,8 @@ class VoiceFace:
                 if status == "CONTINUE":
                     return {"status": "continue", "queue": queue, "talk_seconds": _int(answered)}
                 return {"status": "failed", "queue": queue, "queuestatus": status}
+            if not params.get("extension"):
+                raise ValueError("transfer without a queue or an extension")
             target = _dialplan_word(params["extension"], allow="/@-_.")
             result = await chan.exec("Dial", f"{target},{int(params.get('timeout') or 60)}")
             if result == -1 or chan.hung_up:

@@ -598,9 +598,14 @@ class TransferNode(Node):
         elif not ctx.state.get("reason"):
             ctx.set_reason("flow", self)
         reason = ctx.state["reason"]
+        queue = ctx.render(self.queue).strip() if self.queue else None
+        extension = ctx.render(self.extension).strip() if self.extension else None
+        if not (queue or extension):
+            ctx.emit("error", where="transfer", message="the queue or extension template rendered empty")
+            return End("error", "transfer target is empty")
         params = {
-            "queue": ctx.render(self.queue) if self.queue else None,
-            "extension": ctx.render(self.extension) if self.extension else None,
+            "queue": queue,
+            "extension": extension,
             "priority": priority,
             "reason": reason,
             "timeout": self.timeout,

@@ -1,0 +1,46 @@
+"""Shared fixtures: an in-process server on free ports with its own database."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+# 11:00 in Shanghai on a Wednesday: the demo's agents are in.
+OFFICE_HOURS = dt.datetime(2026, 11, 25, 3, 0, tzinfo=dt.timezone.utc)
+
+
+def pg_url() -> str:
+    return os.environ.get("IVR_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def flows_dir(tmp_path: Path) -> Path:
+    """A private copy of the shipped flows (tests may edit it)."""
+    target = tmp_path / "flows"
+    shutil.copytree(ROOT / "flows", target)
+    return target
+
+
+@pytest.fixture
+async def server(tmp_path: Path, flows_dir: Path):
+    """A running server (FastAGI + web) on free ports with a fresh SQLite trail."""
+    from ivr.config import load_config
+    from ivr.server import build_app, start_app, stop_app
+
+    config = load_config(None, {
+        "flows_dir": str(flows_dir), "database_url": f"sqlite:///{tmp_path / 'trail.db'}",
+        "agi_port": 0, "http_port": 0, "reload_interval": 0, "shutdown_grace": 5,
+        "sounds_dir": str(tmp_path / "sounds"),
+    }, env={})
+    app = await build_app(config, clock=lambda: OFFICE_HOURS)
+    runner, _ = await start_app(app)
+    try:
+        yield app
+    finally:
+        await stop_app(app, runner)
