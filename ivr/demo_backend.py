@@ -595,3 +595,21 @@ def add_routes(app: web.Application, prefix: str = DEMO_PREFIX) -> web.Applicati
     sub = create_demo_backend()
     app.add_subapp(prefix, sub)
     return sub
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo backend on its own: ``python -m ivr.demo_backend --port 8081``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="the demo business backend, standalone")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8081)
+    args = parser.parse_args(argv)
+    root = web.Application()
+    add_routes(root, DEMO_PREFIX)
+    web.run_app(root, host=args.host, port=args.port, access_log=None, print=None)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -87,7 +87,7 @@ class Engine:
             raise EngineError("the session has ended")
         if state.get("v") != STATE_VERSION:
             raise EngineError(f"state version {state.get('v')} is not supported")
-        st = copy.deepcopy(dict(state))
+        st = _copy_state(state)
         flow = self.resolve(st["flow"], st["version"])
         ctx = Ctx(self, flow, st, now or _utcnow())
         node = flow.nodes.get(st["node"])
@@ -171,6 +171,21 @@ class Engine:
             ctx.actions.append(Action("hangup", {"outcome": end.outcome}))
         ctx.emit("session_end", outcome=end.outcome, reason=end.reason)
         return Turn(ctx.state, ctx.prompts, None, ctx.actions, ctx.events)
+
+
+def _copy_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A private copy of the parts a step may change.
+
+    Nodes replace variable values rather than mutate them, so copying the
+    containers is enough; a deep copy of look-up results on every step would
+    cost more than the rest of the step.
+    """
+    st = dict(state)
+    st["vars"] = dict(state.get("vars") or {})
+    st["masked"] = list(state.get("masked") or [])
+    st["history"] = list(state.get("history") or [])
+    st["stack"] = [dict(frame) for frame in state.get("stack") or []]
+    return st
 
 
 def _utcnow() -> dt.datetime:
