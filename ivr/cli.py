@@ -148,16 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Modules that add sub-commands with @command when imported.
+PLUGIN_MODULES: list[str] = []
+
+
 def _load_plugins() -> None:
-    """Commands that other packages add (prompts, agents, graph ...)."""
     import importlib
 
-    for module in ("ivr.prompts.cli", "ivr.agents_cli", "ivr.graph", "callback.cli"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module and not module.startswith(str(exc.name)):
-                raise
+    for module in PLUGIN_MODULES:
+        importlib.import_module(module)
 
 
 def main(argv: list[str] | None = None) -> int:

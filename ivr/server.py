@@ -38,6 +38,17 @@ EXTENSIONS: list[Extension] = []
 
 APP_KEY: web.AppKey["App"] = web.AppKey("ivr_app")
 
+# Modules that register extensions when imported (each appends to EXTENSIONS).
+EXTENSION_MODULES: list[str] = []
+
+
+def _extensions() -> list[Extension]:
+    import importlib
+
+    for module in EXTENSION_MODULES:
+        importlib.import_module(module)
+    return list(EXTENSIONS)
+
 
 @dataclass
 class App:
@@ -121,9 +132,11 @@ async def build_app(config: Config, *, clock: Callable[[], Any] | None = None) -
 
 async def start_app(app: App) -> tuple[web.AppRunner, web.TCPSite]:
     config = app.config
-    for ext in EXTENSIONS:
-        await ext(app)
     app.web = create_web_app(app)
+    # Features (speech, desk, visual IVR, callbacks, metrics) add routes to
+    # app.web, hooks to the voice face and clean-ups to app.cleanups here.
+    for ext in _extensions():
+        await ext(app)
     runner = web.AppRunner(app.web, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.http_host, config.http_port)

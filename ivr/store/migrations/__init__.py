@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..engine import WRITE_OPTION
 
-__all__ = ["SCRIPT_LOCATION", "alembic_config", "current_revision", "head_revision", "migrate"]
+__all__ = ["SCRIPT_LOCATION", "alembic_config", "current_revisions", "head_revisions", "migrate"]
 
 #: The directory holding ``env.py`` and ``versions/`` (inside the installed package).
 SCRIPT_LOCATION = Path(__file__).resolve().parent
@@ -43,11 +43,13 @@ def alembic_config(url: str | None = None) -> Config:
     return config
 
 
-def head_revision() -> str:
-    """The newest revision shipped with this package."""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head is not None
-    return head
+def head_revisions() -> set[str]:
+    """The newest revision of each migration branch shipped with this package.
+
+    Features add their tables on branches of their own from the initial
+    revision, so there may be several heads; all are applied.
+    """
+    return set(ScriptDirectory.from_config(alembic_config()).get_heads())
 
 
 def _upgrade(connection: Connection) -> None:
@@ -55,7 +57,7 @@ def _upgrade(connection: Connection) -> None:
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
     config = alembic_config()
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    command.upgrade(config, "heads")
 
 
 async def migrate(engine: AsyncEngine) -> None:
@@ -66,9 +68,9 @@ async def migrate(engine: AsyncEngine) -> None:
         await conn.run_sync(_upgrade)
 
 
-async def current_revision(engine: AsyncEngine) -> str | None:
-    """The revision the database is at, or None before the first migration."""
+async def current_revisions(engine: AsyncEngine) -> set[str]:
+    """The revisions the database is at (empty before the first migration)."""
     async with engine.connect() as conn:
         return await conn.run_sync(
-            lambda sync_conn: MigrationContext.configure(sync_conn).get_current_revision()
+            lambda sync_conn: set(MigrationContext.configure(sync_conn).get_current_heads())
         )
