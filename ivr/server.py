@@ -51,6 +51,15 @@ def _extensions() -> list[Extension]:
 
 
 @dataclass
+class LiveCall:
+    session_id: str
+    face: VoiceFace
+    channel: str | None
+    uniqueid: str | None
+    flow_id: str
+
+
+@dataclass
 class App:
     config: Config
     registry: FlowRegistry
@@ -63,6 +72,11 @@ class App:
     started: float = field(default_factory=time.time)
     cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     voice_hooks: dict[str, Any] = field(default_factory=dict)
+    # The AMI link (None when no ami_host is configured).
+    ami: Any = None
+    # Calls in progress on this server, by session id: the web face uses this
+    # to find a caller's live channel (e.g. to move it into a queue).
+    live_calls: dict[str, "LiveCall"] = field(default_factory=dict)
 
     async def handle_call(self, chan: AgiChannel) -> None:
         """One FastAGI call: pick the flow, run it, always leave the channel somewhere safe."""
@@ -83,7 +97,12 @@ class App:
         except AgiError:
             return  # gone before the flow began: nothing to record
         face = VoiceFace(chan, sounds_prefix=self.config.sounds_prefix, **self.voice_hooks)
-        await self.driver.run(face, flow, context)
+        sid = context["session_id"]
+        self.live_calls[sid] = LiveCall(sid, face, chan.env.get("agi_channel"), chan.uniqueid, flow.id)
+        try:
+            await self.driver.run(face, flow, context)
+        finally:
+            self.live_calls.pop(sid, None)
 
 
 def create_web_app(app: App) -> web.Application:
@@ -146,6 +165,12 @@ async def start_app(app: App) -> tuple[web.AppRunner, web.TCPSite]:
         config.http_port = port
         if not config.backend_url:
             app.driver.backend_url = f"http://127.0.0.1:{port}/demo-api"
+    if config.ami_host:
+        from ivr.ami import AmiClient
+
+        app.ami = AmiClient(config.ami_host, config.ami_port, config.ami_username, config.ami_secret)
+        await app.ami.start()  # keeps trying in the background while Asterisk is down
+        app.cleanups.insert(0, app.ami.stop)
     app.agi = FastAgiServer(app.handle_call, config.agi_host, config.agi_port, command_timeout=config.command_timeout)
     await app.agi.start()
     config.agi_port = app.agi.bound_port
