@@ -64,7 +64,10 @@ async def _pipe_streams(stdin: BinaryIO, stdout: BinaryIO) -> tuple[asyncio.Stre
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=64 * 1024)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stdin)
-    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, stdout)
+    # A StreamReaderProtocol (not the bare FlowControlMixin of the usual recipe)
+    # so that StreamWriter.wait_closed() works on the pipe.
+    transport, protocol = await loop.connect_write_pipe(
+        lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), stdout)
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
     return reader, writer
 
