@@ -41,11 +41,10 @@ def _validate(p: argparse.ArgumentParser):
                 files += sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml"))
             else:
                 files.append(path)
-        known = {f.stem for f in files}
-        for f in files:
-            if f.is_file():
-                for sib in f.parent.glob("*.y*ml"):
-                    known.add(sib.stem)
+        known: set[str] = set()
+        for folder in {f.parent for f in files}:
+            for sib in list(folder.glob("*.yaml")) + list(folder.glob("*.yml")):
+                known.add(_flow_id_of(sib) or sib.stem)
         bad = 0
         for f in files:
             try:
@@ -65,6 +64,18 @@ def _validate(p: argparse.ArgumentParser):
         return 1 if bad or not files else 0
 
     return run
+
+
+def _flow_id_of(path: Path) -> str | None:
+    """The ``id:`` of a flow file, for checking subflow references (None if unreadable)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    value = data.get("id") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
 
 
 # ----------------------------------------------------------------------- schema

@@ -250,3 +250,29 @@ def test_speech_and_tap_share_the_input_shape(minimal):
     t = r.send(Input.tap("1"))
     assert t.ended
     assert r.kinds("choice")[-1].data["mode"] == "tap"
+
+
+def test_currency_setting_summary_on_branch_and_short_values_masked():
+    flow = load_flow_text("""
+id: c
+title: C
+languages: [en-US]
+settings: {currency: USD}
+prompts:
+  amount: {en-US: "You owe {{ due | money }}, or {{ due | money('EUR') }}"}
+start: pin
+nodes:
+  pin: {type: input, prompt: amount, var: pin, min_length: 6, max_length: 6, mask: true, next: check}
+  check:
+    type: branch
+    cases: [{when: "pin | length == 6", next: end}]
+    else: end
+    summary: "PIN {{ 'accepted' if pin else 'missing' }} {{ pin }}"
+  end: {type: hangup}
+""", "c.yaml")
+    r = Run(flow, vars={"due": 12.5})
+    assert r.texts == ["You owe 12.50 dollars, or 12.50 euros"]
+    t = r.key("123456")
+    assert t.ended
+    assert [e.data["text"] for e in r.kinds("summary")] == ["PIN accepted ******"]
+    assert "123456" not in json.dumps([e.to_dict() for e in r.events])

@@ -168,3 +168,24 @@ def test_shipped_schema_is_current_and_accepts_the_demo():
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"id": "x", "title": "x", "languages": ["en-US"], "start": "a",
                              "nodes": {"a": {"type": "say", "prompt": "p"}}}, shipped)
+
+
+def test_language_choice_must_be_a_declared_language():
+    msgs = problems_of(BASE + "  a: {type: language, prompt: p, next: b, choices: [{key: 1, language: fr-FR}]}\n"
+                              "  b: {type: hangup}\n")
+    assert any("node 'a': 'fr-FR' is not one of the flow's languages" in m for m in msgs), msgs
+
+
+def test_validate_matches_subflows_by_flow_id(tmp_path):
+    (tmp_path / "main.yaml").write_text(
+        "id: main\ntitle: M\nlanguages: [en-US]\nstart: s\nnodes:\n"
+        "  s: {type: subflow, flow: verify_identity, next: e}\n  e: {type: hangup}\n", encoding="utf-8")
+    (tmp_path / "identity-v2.yaml").write_text(
+        "id: verify_identity\ntitle: V\nlanguages: [en-US]\nstart: r\nnodes:\n  r: {type: return}\n", encoding="utf-8")
+    ok = subprocess.run([sys.executable, "-m", "ivr.cli", "validate", str(tmp_path / "main.yaml")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    (tmp_path / "identity-v2.yaml").unlink()
+    bad = subprocess.run([sys.executable, "-m", "ivr.cli", "validate", str(tmp_path / "main.yaml")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "subflow 'verify_identity' is not a known flow" in bad.stderr

@@ -91,6 +91,7 @@ class Ctx:
                 if name in out:
                     out[name] = expr.mask(out[name])
         out["lang"] = self.lang
+        out["_currency"] = self.flow.settings.currency
         return out
 
     def render(self, text: str, **extra: Any) -> str:

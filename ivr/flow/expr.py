@@ -47,8 +47,11 @@ def _decimal(value: Any) -> Decimal | None:
 
 
 @pass_context
-def money(ctx: Any, value: Any, currency: str = "CNY") -> str:
-    """Amount as people say and read it: ``负35.20元`` / ``minus 35.20 yuan``."""
+def money(ctx: Any, value: Any, currency: str | None = None) -> str:
+    """Amount as people say and read it: ``负35.20元`` / ``minus 35.20 yuan``.
+
+    The currency defaults to the flow's ``settings.currency``."""
+    currency = currency or str(ctx.get("_currency") or "CNY")
     amount = _decimal(value)
     if amount is None:
         return str(value)
@@ -79,9 +82,12 @@ def digits(value: Any) -> str:
 
 
 def mask(value: Any, keep: int = 4) -> str:
-    """``****3321``: everything but the last ``keep`` characters hidden."""
+    """``****3321``: everything but the last ``keep`` characters hidden.
+
+    Values shorter than twice ``keep`` (a PIN, a short code) are hidden whole,
+    since their last characters would give away too much of them."""
     text = str(value or "")
-    if len(text) <= keep:
+    if len(text) < 2 * keep:
         return "*" * len(text)
     return "*" * 4 + text[-keep:]
 

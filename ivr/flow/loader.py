@@ -215,6 +215,11 @@ def load_flow_text(data: bytes | str, path: str = "<flow>", *,
         for fpath, expression in node.expressions():
             if (problem := expr.check_expression(expression)):
                 col.add(("nodes", node_id, *_split(fpath)), problem, node=node_id)
+        if node.type == "language":
+            for i, choice in enumerate(node.choices):  # type: ignore[attr-defined]
+                if languages and choice.language not in languages:
+                    col.add(("nodes", node_id, "choices", i, "language"),
+                            f"'{choice.language}' is not one of the flow's languages", node=node_id)
         if known_flows is not None and node.type == "subflow" and not known_flows(node.flow):  # type: ignore[attr-defined]
             col.add(("nodes", node_id, "flow"), f"subflow '{node.flow}' is not a known flow", node=node_id)  # type: ignore[attr-defined]
         if node.waits_for_input and node.type != "transfer":

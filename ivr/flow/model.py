@@ -76,8 +76,7 @@ class Settings(Strict):
     nomatch_prompt: str | None = Field(None, description="prompt id played before a re-prompt after a wrong key")
     failure: NodeId | None = Field(None, description="default node when tries are exhausted")
     agent_language: str | None = Field(None, description="language of handoff summaries (default: default_language)")
-    currency: str = Field("CNY", description="currency for the money filter")
-    sounds: str = Field("ivr", description="folder under Asterisk's sounds directory with rendered prompts")
+    currency: str = Field("CNY", description="default currency of the money filter (CNY, USD, EUR ...)")
 
 
 class Node(Strict):

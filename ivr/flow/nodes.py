@@ -486,10 +486,12 @@ class BranchNode(Node):
             try:
                 if ctx.evaluate(c.when):
                     ctx.emit("branch", when=c.when, next=c.next)
+                    ctx.add_summary(self)
                     return Goto(c.next)
             except expr.ExprError as exc:
                 ctx.emit("error", where="branch", message=str(exc))
         ctx.emit("branch", when="else", next=self.otherwise)
+        ctx.add_summary(self)
         return Goto(self.otherwise)
 
 
@@ -554,6 +556,7 @@ class HoursNode(Node):
     def enter(self, ctx: Ctx) -> Transition:
         is_open = self.is_open(ctx.now)
         ctx.emit("hours", open=is_open)
+        ctx.add_summary(self, open=is_open)
         return Goto(self.open if is_open else self.closed)
 
 
@@ -648,6 +651,7 @@ class GotoNode(Node):
     target_fields: ClassVar = ("target",)
 
     def enter(self, ctx: Ctx) -> Transition:
+        ctx.add_summary(self)
         return Goto(self.target)
 
 
@@ -661,6 +665,7 @@ class SubflowNode(Node):
     target_fields: ClassVar = ("next",)
 
     def enter(self, ctx: Ctx) -> Transition:
+        ctx.add_summary(self)
         return ctx.engine.enter_subflow(ctx, self.flow, self.next)
 
 
