@@ -128,16 +128,16 @@ def peak_rss_mb(pid: int) -> float:
 
 
 # --------------------------------------------------------------------------- load
-async def one_call(port: int, keys: list[str]):
+async def one_call(port: int, keys: list[str], pace: float = 0.0):
     from ivr.testing.callers import SimLikeCaller
     from ivr.testing.fake_asterisk import FakeAsterisk
 
     fake = FakeAsterisk("127.0.0.1", port, inputs=SimLikeCaller(keys), script="demo_hotline",
-                        idle_timeout=60, connect_timeout=30)
+                        idle_timeout=60, connect_timeout=30, prompt_delay=pace)
     return await fake.run()
 
 
-async def load(port: int, concurrency: int, duration: float) -> dict:
+async def load(port: int, concurrency: int, duration: float, pace: float = 0.0) -> dict:
     turnarounds: list[float] = []
     commands = 0
     calls = 0
@@ -149,7 +149,7 @@ async def load(port: int, concurrency: int, duration: float) -> dict:
         nonlocal commands, calls, errors
         while time.perf_counter() < stop_at:
             try:
-                result = await one_call(port, DEMO_KEYS)
+                result = await one_call(port, DEMO_KEYS, pace)
             except Exception:  # noqa: BLE001 - counted, reported
                 errors += 1
                 await asyncio.sleep(0.05)
@@ -160,11 +160,14 @@ async def load(port: int, concurrency: int, duration: float) -> dict:
             commands += len(result.commands)
             turnarounds.extend(result.turnarounds[1:])  # the first includes connection set-up
 
-    # ramp up: open the calls over one second
+    # ramp up: zero-delay calls over about a second; paced calls spread over
+    # one prompt's length, so they do not all ask at the same instant
     tasks = []
     for i in range(concurrency):
         tasks.append(asyncio.create_task(worker()))
-        if i % 50 == 49:
+        if pace:
+            await asyncio.sleep(pace / concurrency)
+        elif i % 50 == 49:
             await asyncio.sleep(0.05)
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - started
@@ -190,6 +193,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[100, 500, 1000])
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per run")
     parser.add_argument("--targets", nargs="+", default=["ours", "bare", "panoramisk"])
+    parser.add_argument("--pace", type=float, default=0.0,
+                        help="seconds each prompt plays (0: zero-delay saturation run; 2-3 is a real caller)")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--serve", choices=["bare", "panoramisk"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -203,6 +208,7 @@ def main() -> int:
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 2 sockets per call here, 2-3 in the server
+    print(f"pace: {args.pace} s per prompt ({'paced callers' if args.pace else 'zero-delay saturation'})")
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, {platform.platform()}")
     rows = []
@@ -227,7 +233,7 @@ def main() -> int:
                 port = free_port()
                 proc = start_server(target, port, workdir, backend_url)
                 try:
-                    res = asyncio.run(load(port, n, args.duration))
+                    res = asyncio.run(load(port, n, args.duration, args.pace))
                     res.update(target=target, concurrency=n, rss_mb=peak_rss_mb(proc.pid))
                 finally:
                     proc.terminate()

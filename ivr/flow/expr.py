@@ -15,6 +15,7 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
 
+from babel import Locale, UnknownLocaleError
 from babel.dates import format_date
 from babel.numbers import format_decimal
 from jinja2 import ChainableUndefined, TemplateSyntaxError, Undefined, pass_context
@@ -33,8 +34,13 @@ def _is_zh(lang: str) -> bool:
     return lang.lower().startswith("zh")
 
 
-def _locale(lang: str) -> str:
-    return lang.replace("-", "_")
+@lru_cache(maxsize=64)
+def _locale(lang: str) -> Locale:
+    """Parsed once per language: babel re-reads locale data on every parse."""
+    try:
+        return Locale.parse(lang.replace("-", "_"))
+    except (ValueError, UnknownLocaleError):
+        return Locale.parse("en_US")
 
 
 def _decimal(value: Any) -> Decimal | None:
