@@ -1,0 +1,77 @@
+"""`ivr call` as a flow designer uses it: scripted, interactive, and through a server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = "1 1 20240001# 110105199003071239# 1 0"
+
+
+def ivr(*args: str, input: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ivr.cli", *args], capture_output=True, text=True, input=input,
+                          cwd=cwd, timeout=120)
+
+
+def test_call_json_reaches_transfer_with_summary_and_trail(tmp_path):
+    out = ivr("call", str(ROOT / "flows" / "demo_hotline.yaml"), "--keys", KEYS, "--json",
+              "--at", "2026-11-25T10:00", "--database-url", f"sqlite:///{tmp_path / 't.db'}")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert set(result) >= {"outcome", "node", "variables", "summary", "trail"}
+    assert result["outcome"] == "transfer" and result["node"] == "to_agent"
+    assert result["summary"].startswith("已验证账户 ****0001 · 查询余额（268.5）")
+    assert result["variables"]["id_number"] == "****1239"  # masked in the output too
+    nodes = [e["node"] for e in result["trail"] if e["kind"] == "node_enter"]
+    assert nodes[:4] == ["welcome", "language", "identify", "main"] and nodes[-2:] == ["agent", "to_agent"]
+
+
+def test_call_after_hours_goes_to_closed_message(tmp_path):
+    out = ivr("call", str(ROOT / "flows" / "demo_hotline.yaml"), "--keys", "1 0", "--json",
+              "--at", "2026-11-25T23:30", "--database-url", f"sqlite:///{tmp_path / 't.db'}")
+    result = json.loads(out.stdout)
+    assert [e["data"]["open"] for e in result["trail"] if e["kind"] == "hours"] == [False]
+    assert result["outcome"] == "hangup" and result["node"] == "main"
+
+
+def test_interactive_call_reads_keys_from_the_terminal(tmp_path):
+    out = ivr("call", str(ROOT / "flows" / "demo_hotline.yaml"), "--lang", "en-US", "--at", "2026-11-25T10:00",
+              "--database-url", f"sqlite:///{tmp_path / 't.db'}", input="2\n3\n\n1\n")
+    assert out.returncode == 0, out.stderr
+    assert "For English, press 2." in out.stdout
+    assert "For balance and bills, press 1." in out.stdout
+    assert "Thank you for calling. Goodbye." in out.stdout
+    assert "outcome: completed at goodbye" in out.stdout
+
+
+def test_call_reports_a_broken_flow(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("id: bad\nnodes: [\n", encoding="utf-8")
+    out = ivr("call", str(bad), "--keys", "1")
+    assert out.returncode == 1
+    assert f"{bad}:3:1: YAML syntax error" in out.stderr
+
+
+async def test_call_through_a_running_server_gives_the_same_trail(server, tmp_path):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ivr.cli", "call", "demo_hotline", "--agi", f"127.0.0.1:{server.config.agi_port}",
+        "--keys", KEYS, "--json", "--database-url", server.config.database_url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, stderr.decode()
+    via_agi = json.loads(stdout)
+    sim = ivr("call", str(ROOT / "flows" / "demo_hotline.yaml"), "--keys", KEYS, "--json", "--at",
+              "2026-11-25T11:00", "--database-url", f"sqlite:///{tmp_path / 's.db'}")
+    local = json.loads(sim.stdout)
+
+    def shape(trail):
+        return [(e["kind"], e["node"]) for e in trail]
+
+    assert via_agi["outcome"] == local["outcome"] == "transfer"
+    assert shape(via_agi["trail"]) == shape(local["trail"])
+    assert via_agi["summary"] == local["summary"]
+    assert {e["channel"] for e in via_agi["trail"]} == {"voice"}
