@@ -493,7 +493,7 @@ async def test_reconnects_after_asterisk_restart_with_capped_backoff(fake: FakeA
     assert states[0] == "disconnected" and states[-1] == "connected"
     gaps = [b - a for a, b in zip(attempts, attempts[1:])]
     assert len(attempts) >= 6, attempts  # kept trying while Asterisk was down
-    assert max(gaps) < 0.05 + 0.15, gaps  # ...never waiting past the cap
+    assert max(gaps) < 0.05 + 0.5, gaps  # ...never waiting past the cap (uncapped, the 6th wait would be 1.6 s)
     assert fake.logins == 2
     await ami.stop()
 

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from ivr.lookup import DEFAULT_MAX_BYTES, LookupRunner, perform_lookup
 
-MARGIN = 0.3  # seconds of scheduling slack allowed past a look-up's timeout
+MARGIN = 0.6  # seconds of scheduling slack allowed past a look-up's timeout
 HUGE = 50 * 1024 * 1024
 
 
