@@ -22,27 +22,27 @@ class Config(BaseModel):
 
     flows_dir: str = Field("flows", description="folder of flow YAML files")
     database_url: str = Field("sqlite:///var/ivr.db", description="sqlite:///path or postgresql://...")
-    agi_host: str = "127.0.0.1"
-    agi_port: int = names.DEFAULT_AGI_PORT
-    http_host: str = "127.0.0.1"
-    http_port: int = names.DEFAULT_HTTP_PORT
-    audiosocket_host: str = "127.0.0.1"
-    audiosocket_port: int = names.DEFAULT_AUDIOSOCKET_PORT
+    agi_host: str = Field("127.0.0.1", description="address the FastAGI server listens on (private: FastAGI has no auth)")
+    agi_port: int = Field(names.DEFAULT_AGI_PORT, description="FastAGI port (0: any free port)")
+    http_host: str = Field("127.0.0.1", description="address of the web server (health, demo backend, pages)")
+    http_port: int = Field(names.DEFAULT_HTTP_PORT, description="web port (0: any free port)")
+    audiosocket_host: str = Field("127.0.0.1", description="address of the AudioSocket server (speech)")
+    audiosocket_port: int = Field(names.DEFAULT_AUDIOSOCKET_PORT, description="AudioSocket port")
     backend_url: str | None = Field(None, description="base URL for relative look-up URLs (default: the demo backend)")
     public_url: str | None = Field(None, description="https://host the callers' phones reach (visual IVR links)")
     sounds_dir: str = Field("var/sounds", description="where rendered prompts go (Asterisk's sounds dir in production)")
     sounds_prefix: str = Field(names.SOUNDS_SUBDIR, description="how Asterisk names that folder in STREAM FILE")
-    recordings_dir: str = "recordings"
-    fallback_queue: str = names.FALLBACK_QUEUE
+    recordings_dir: str = Field("recordings", description="human recordings, <dir>/<lang>/<prompt-id>.wav")
+    fallback_queue: str = Field(names.FALLBACK_QUEUE, description="queue for callers when a flow fails")
     command_timeout: float = Field(30.0, description="seconds to wait for one AGI reply")
     shutdown_grace: float = Field(30.0, description="seconds calls may take to finish on SIGTERM")
-    reload_interval: float = Field(2.0, description="seconds between checks for changed flow files (0 = off)")
-    ami_host: str | None = None
-    ami_port: int = 5038
-    ami_username: str = "ivr"
-    ami_secret: str = ""
-    log_json: bool = False
-    log_level: str = "INFO"
+    reload_interval: float = Field(2.0, description="seconds between checks for changed flow files (0: off)")
+    ami_host: str | None = Field(None, description="Asterisk Manager Interface host (unset: no AMI)")
+    ami_port: int = Field(5038, description="AMI port")
+    ami_username: str = Field("ivr", description="AMI user (see asterisk_conf/manager.conf)")
+    ami_secret: str = Field("", description="AMI secret")
+    log_json: bool = Field(False, description="one JSON object per log line")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     secret_key: str | None = Field(None, description="signs web tokens; generated and kept in var/ when unset")
 
 
@@ -70,6 +70,24 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str,
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"bad settings: {problems}") from None
+
+
+def example_toml() -> str:
+    """A settings file listing every setting with its default and meaning."""
+    lines = ["# ivr serve --config ivr.toml", "# Every setting can also be given as IVR_<NAME> in the environment.", ""]
+    for name, field in Config.model_fields.items():
+        default = field.default
+        lines.append(f"# {field.description or name}")
+        if default is None:
+            lines.append(f"# {name} = ")
+        elif isinstance(default, bool):
+            lines.append(f"# {name} = {'true' if default else 'false'}")
+        elif isinstance(default, (int, float)):
+            lines.append(f"# {name} = {default}")
+        else:
+            lines.append(f'# {name} = "{default}"')
+        lines.append("")
+    return "\n".join(lines)
 
 
 def ensure_parent(path: str) -> None:

@@ -75,3 +75,24 @@ async def test_call_through_a_running_server_gives_the_same_trail(server, tmp_pa
     assert shape(via_agi["trail"]) == shape(local["trail"])
     assert via_agi["summary"] == local["summary"]
     assert {e["channel"] for e in via_agi["trail"]} == {"voice"}
+
+
+def test_example_settings_file_is_current_and_loads(tmp_path):
+    from ivr.config import Config, example_toml, load_config
+
+    shipped = (ROOT / "ivr.example.toml").read_text(encoding="utf-8")
+    assert shipped == example_toml(), "regenerate: python -c 'from ivr.config import example_toml; ...'"
+    for name in Config.model_fields:
+        assert f"# {name} = " in shipped
+    # uncommented, the example is a valid settings file with the defaults
+    active = "\n".join(l[2:] for l in shipped.splitlines() if l.startswith("# ") and " = " in l and not
+                       l.endswith("= "))
+    (tmp_path / "ivr.toml").write_text(active, encoding="utf-8")
+    assert load_config(tmp_path / "ivr.toml", env={}) == load_config(None, env={})
+
+
+def test_bad_settings_are_a_clear_error(tmp_path):
+    (tmp_path / "bad.toml").write_text('agi_port = "many"\nunknown_thing = 1\n', encoding="utf-8")
+    out = ivr("serve", "--config", str(tmp_path / "bad.toml"))
+    assert out.returncode == 2
+    assert "agi_port" in out.stderr and "unknown_thing" in out.stderr and "Traceback" not in out.stderr
