@@ -35,6 +35,9 @@ class Config(BaseModel):
     recordings_dir: str = Field("recordings", description="human recordings, <dir>/<lang>/<prompt-id>.wav")
     fallback_queue: str = Field(names.FALLBACK_QUEUE, description="queue for callers when a flow fails")
     command_timeout: float = Field(30.0, description="seconds to wait for one AGI reply")
+    trail_batch_size: int = Field(
+        100, ge=1, le=5000,
+        description="events per trail write: SQLAlchemy prepares a batch on the event loop, so big ones stall calls")
     shutdown_grace: float = Field(30.0, description="seconds calls may take to finish on SIGTERM")
     reload_interval: float = Field(2.0, description="seconds between checks for changed flow files (0: off)")
     ami_host: str | None = Field(None, description="Asterisk Manager Interface host (unset: no AMI)")

@@ -141,7 +141,7 @@ def create_web_app(app: App) -> web.Application:
 async def build_app(config: Config, *, clock: Callable[[], Any] | None = None) -> App:
     registry = FlowRegistry(config.flows_dir)
     registry.reload()
-    store = await TrailStore.open(config.database_url)
+    store = await TrailStore.open(config.database_url, batch_size=config.trail_batch_size)
     lookups = LookupRunner()
     engine = Engine(registry.get)
     backend = config.backend_url or f"http://127.0.0.1:{config.http_port}/demo-api"
