@@ -262,6 +262,36 @@ async def test_failed_render_falls_back_quickly_and_is_not_retried_at_once(tmp_p
         await service.close()
 
 
+async def test_without_a_usable_engine_recordings_still_build_and_calls_go_on(tmp_path, caplog):
+    flow = load_flow(write_flow(tmp_path / "flows" / "tiny.yaml"))
+    (tmp_path / "recordings" / "zh-CN").mkdir(parents=True)
+    subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", str(tmp_path / "recordings" / "zh-CN" / "bye.wav"),
+                    "synth", "0.5", "sine", "300"], check=True)
+    broken = make_settings(tmp_path, command=(str(tmp_path / "no-such-worker"),))
+    report = await build([flow], broken, jobs=2)
+    assert {o.job.name: o.status for o in report.outcomes if o.status != "failed"} == {}
+    assert report.stats["zh-CN"].failed == 3  # recordings are converted by the worker too
+    assert "cannot start the synthesis worker" in report.failures[0].message
+    # the real worker for conversions, a broken engine: the recording is built, the rest fails clearly
+    settings = make_settings(tmp_path, voices={"zh-CN": "klingon", "en-US": "klingon"})
+    report = await build([flow], settings, jobs=2)
+    status = {o.job.name: o.status for o in report.outcomes}
+    assert status["zh-CN/bye"] == "recorded" and status["zh-CN/hello"] == "failed"
+    service = PromptService(broken, Renderer(broken))
+    caplog.set_level("WARNING", logger="ivr.prompts")
+    await service.start()
+    try:
+        await asyncio.sleep(0.2)
+        assert any("cannot be synthesised" in r.getMessage() for r in caplog.records)
+        prompt = PromptOut("amount", "余额5元。", "zh-CN", dynamic=True)
+        t0 = time.perf_counter()
+        assert (await service.prompt_files(prompt)).startswith("ivr/zh-CN/amount-")
+        assert await service.on_missing(prompt) is None
+        assert time.perf_counter() - t0 < 0.05  # the failed probe is remembered, not repeated per prompt
+    finally:
+        await service.close()
+
+
 async def test_prune_removes_old_call_time_renders_only(tmp_path):
     path = write_flow(tmp_path / "flows" / "tiny.yaml")
     settings = make_settings(tmp_path)

@@ -42,6 +42,7 @@ DEFAULT_VOICES = {
     "en-US": "en-us", "en-GB": "en", "en": "en-us",
 }
 PIPELINE_VERSION = "1"
+ENGINE_RETRY = 60.0  # seconds before a speech engine that failed its probe is probed again
 
 
 class RenderError(Exception):
@@ -153,6 +154,7 @@ class Renderer:
         self._engine_info: dict[str, Any] | None = None
         self._engine_lock = asyncio.Lock()
         self._engine_error: str | None = None
+        self._engine_failed_at = 0.0
         self.invocations = 0
         self.timeouts = 0
         self.closed = False
@@ -164,12 +166,16 @@ class Renderer:
             return self._engine
         async with self._engine_lock:
             if self._engine is None:
+                # a broken engine is asked again only after a while, not once per prompt
+                if self._engine_error and time.monotonic() - self._engine_failed_at < ENGINE_RETRY:
+                    raise RenderError(self._engine_error)
                 try:
                     out = await self._run(["info"], b"", count=False)
                     info = json.loads(out)
                 except (RenderError, ValueError) as exc:
-                    self._engine_error = str(exc)
-                    raise RenderError(f"the speech engine is not usable: {exc}") from None
+                    self._engine_error = f"the speech engine is not usable: {exc}"
+                    self._engine_failed_at = time.monotonic()
+                    raise RenderError(self._engine_error) from None
                 self._engine_info = info
                 self._engine = (f"pyttsx3 {info.get('pyttsx3')} / espeak-ng {info.get('espeak_ng')} "
                                 f"(phondata {info.get('phondata_size')})")

@@ -202,10 +202,11 @@ class PromptService:
 
 
 def _publish_fresh(entry: Path, target: Path) -> None:
-    """Publish, and mark the file used now (it is pruned when unused for the TTL)."""
-    if not publish(entry, target):
-        with contextlib.suppress(FileNotFoundError):
-            os.utime(target)
+    """Publish, and mark the file used now: it is pruned when unused for the TTL
+    (a new hard link carries the cache entry's old time, so always touch)."""
+    publish(entry, target)
+    with contextlib.suppress(FileNotFoundError):
+        os.utime(target)
 
 
 def prune(settings: PromptSettings, ttl: float, keep: set[str]) -> tuple[list[str], int]:
