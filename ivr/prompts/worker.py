@@ -16,6 +16,14 @@ which writes 22.05 kHz mono 16-bit PCM), then converts the result with pydub
 to 8 kHz mono 16-bit. The text comes on standard input, never on the command
 line. Exit status 0 on success; otherwise one line on standard error says why.
 Everything pyttsx3 prints goes to standard error.
+
+pyttsx3 (2.99) does every synthesis; nothing falls back to the espeak-ng
+command line. Two of its flaws are worked around here (details at the code
+and in docs/prompts.md): the rate it sets races its own start-up rate in
+espeak-ng's asynchronous queue, so the rate also goes into the text as an
+espeak-ng embedded command; and ``runAndWait`` returns before the file is
+written, so we wait for its ``finished-utterance`` notification. With both,
+the output equals ``espeak-ng -v <voice> -s <rate>`` byte for byte.
 """
 
 from __future__ import annotations
