@@ -80,7 +80,7 @@ class PromptSettings:
         )
         for key, value in overrides.items():
             if value is not None:
-                values[key] = Path(value).absolute() if key.endswith("_dir") else value
+                values[key] = Path(value).expanduser().absolute() if key.endswith("_dir") else value
         return cls(**values)
 
     def voice_for(self, lang: str) -> str:
