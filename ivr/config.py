@@ -47,10 +47,10 @@ class Config(BaseModel):
     # prompt audio (ivr.prompts, docs/prompts.md)
     prompt_cache_dir: str = Field("var/prompt-cache", description="content-addressed cache of rendered prompt audio")
     prompt_voices: dict[str, str] = Field(
-        default_factory=dict, description="espeak-ng voice per language, e.g. {zh-CN = 'cmn', en-US = 'en-us'} "
+        {}, description="espeak-ng voice per language, e.g. {zh-CN = 'cmn', en-US = 'en-us'} "
                                           "(defaults: cmn for Chinese, en-us for English, else the language)")
     prompt_rate: int = Field(150, ge=80, le=450, description="speech rate of synthesised prompts, words per minute")
-    prompt_rates: dict[str, int] = Field(default_factory=dict, description="speech rate per language (overrides prompt_rate)")
+    prompt_rates: dict[str, int] = Field({}, description="speech rate per language (overrides prompt_rate)")
     prompt_synth_timeout: float = Field(20.0, gt=0, le=600, description="seconds one synthesis may run before it is killed")
     prompt_jobs: int = Field(0, ge=0, le=64, description="parallel syntheses in 'ivr prompts build' (0 = CPU count)")
     prompt_workers: int = Field(2, ge=1, le=64, description="syntheses at once during calls (dynamic prompts, fallbacks)")
