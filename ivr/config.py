@@ -46,15 +46,15 @@ class Config(BaseModel):
     secret_key: str | None = Field(None, description="signs web tokens; generated and kept in var/ when unset")
     # prompt audio (ivr.prompts, docs/prompts.md)
     prompt_cache_dir: str = Field("var/prompt-cache", description="content-addressed cache of rendered prompt audio")
-    prompt_voices: dict[str, str] = Field(
-        {}, description="espeak-ng voice per language, e.g. {zh-CN = 'cmn', en-US = 'en-us'} "
-                                          "(defaults: cmn for Chinese, en-us for English, else the language)")
+    prompt_voices: dict[str, str] = Field({}, description="espeak-ng voice per language or primary language, e.g. "
+                                                          "zh-CN=cmn,en-US=en-us (defaults: cmn for Chinese, en-us "
+                                                          "for English, else the language)")
     prompt_rate: int = Field(150, ge=80, le=450, description="speech rate of synthesised prompts, words per minute")
-    prompt_rates: dict[str, int] = Field({}, description="speech rate per language (overrides prompt_rate)")
+    prompt_rates: dict[str, int] = Field({}, description="speech rate per language, e.g. zh-CN=140 (overrides prompt_rate)")
     prompt_synth_timeout: float = Field(20.0, gt=0, le=600, description="seconds one synthesis may run before it is killed")
-    prompt_jobs: int = Field(0, ge=0, le=64, description="parallel syntheses in 'ivr prompts build' (0 = CPU count)")
+    prompt_jobs: int = Field(0, ge=0, le=64, description="parallel syntheses in 'ivr prompts build' (0: one per CPU)")
     prompt_workers: int = Field(2, ge=1, le=64, description="syntheses at once during calls (dynamic prompts, fallbacks)")
-    prompt_render_ttl: float = Field(24.0, ge=0, description="hours call-time renders stay on disk unused (0 = forever)")
+    prompt_render_ttl: float = Field(24.0, ge=0, description="hours call-time renders stay on disk unused (0: forever)")
     prompt_synth_command: list[str] | None = Field(
         None, description="argv of the synthesis worker (default: this Python running ivr.prompts.worker)")
 
