@@ -160,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that add sub-commands with @command when imported.
-PLUGIN_MODULES: list[str] = []
+PLUGIN_MODULES: list[str] = [
+    "ivr.prompts.cli",
+]
 
 
 def _load_plugins() -> None:

@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ivr import names
 
@@ -47,6 +47,40 @@ class Config(BaseModel):
     log_json: bool = Field(False, description="one JSON object per log line")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     secret_key: str | None = Field(None, description="signs web tokens; generated and kept in var/ when unset")
+    # prompt audio (ivr.prompts, docs/prompts.md)
+    prompt_cache_dir: str = Field("var/prompt-cache", description="content-addressed cache of rendered prompt audio")
+    prompt_voices: dict[str, str] = Field({}, description="espeak-ng voice per language or primary language, e.g. "
+                                                          "zh-CN=cmn,en-US=en-us (defaults: cmn for Chinese, en-us "
+                                                          "for English, else the language)")
+    prompt_rate: int = Field(150, ge=80, le=450, description="speech rate of synthesised prompts, words per minute")
+    prompt_rates: dict[str, int] = Field({}, description="speech rate per language, e.g. zh-CN=140 (overrides prompt_rate)")
+    prompt_synth_timeout: float = Field(20.0, gt=0, le=600, description="seconds one synthesis may run before it is killed")
+    prompt_jobs: int = Field(0, ge=0, le=64, description="parallel syntheses in 'ivr prompts build' (0: one per CPU)")
+    prompt_workers: int = Field(2, ge=1, le=64, description="syntheses at once during calls (dynamic prompts, fallbacks)")
+    prompt_render_ttl: float = Field(24.0, ge=0, description="hours call-time renders stay on disk unused (0: forever)")
+    prompt_synth_command: list[str] | None = Field(
+        None, description="argv of the synthesis worker (default: this Python running ivr.prompts.worker)")
+
+    @field_validator("prompt_voices", "prompt_rates", "prompt_synth_command", mode="before")
+    @classmethod
+    def _from_env_text(cls, value: Any, info: Any) -> Any:
+        """From the environment: IVR_PROMPT_VOICES='zh-CN=cmn,en-US=en-us' or JSON;
+        IVR_PROMPT_SYNTH_COMMAND='/path/to/worker --flag' (shell words) or JSON."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith(("{", "[")):
+            import json
+
+            try:
+                return json.loads(text)
+            except ValueError:
+                return value
+        if info.field_name == "prompt_synth_command":
+            import shlex
+
+            return shlex.split(text)
+        return dict(part.strip().split("=", 1) for part in text.replace(";", ",").split(",") if "=" in part)
 
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None,
