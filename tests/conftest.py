@@ -27,8 +27,15 @@ def flows_dir(tmp_path: Path) -> Path:
     return target
 
 
+@pytest.fixture(scope="session")
+def prompt_cache(tmp_path_factory) -> Path:
+    """One prompt cache for the test session, outside the working tree: call-time
+    renders of the demo's dynamic prompts are then synthesised once."""
+    return tmp_path_factory.mktemp("prompt-cache")
+
+
 @pytest.fixture
-async def server(tmp_path: Path, flows_dir: Path):
+async def server(tmp_path: Path, flows_dir: Path, prompt_cache: Path):
     """A running server (FastAGI + web) on free ports with a fresh SQLite trail."""
     from ivr.config import load_config
     from ivr.server import build_app, start_app, stop_app
@@ -36,7 +43,7 @@ async def server(tmp_path: Path, flows_dir: Path):
     config = load_config(None, {
         "flows_dir": str(flows_dir), "database_url": f"sqlite:///{tmp_path / 'trail.db'}",
         "agi_port": 0, "http_port": 0, "reload_interval": 0, "shutdown_grace": 5,
-        "sounds_dir": str(tmp_path / "sounds"),
+        "sounds_dir": str(tmp_path / "sounds"), "prompt_cache_dir": str(prompt_cache),
     }, env={})
     app = await build_app(config, clock=lambda: OFFICE_HOURS)
     runner, _ = await start_app(app)
