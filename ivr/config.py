@@ -44,6 +44,26 @@ class Config(BaseModel):
     log_json: bool = False
     log_level: str = "INFO"
     secret_key: str | None = Field(None, description="signs web tokens; generated and kept in var/ when unset")
+    # ---- visual IVR (visual_ivr/): links texted to callers, the H5 pages, SMS
+    visual_link_ttl: int = Field(900, ge=60, le=86400, description="seconds a texted link stays valid")
+    visual_service_number: str = Field("95598", description="service number shown on the visual IVR's pages")
+    visual_timezone: str = Field("Asia/Shanghai", description="time zone of callback slots on the pages")
+    visual_callback_hours: str = Field("08:00-22:00", description="HH:MM-HH:MM when callback slots are offered")
+    visual_hold_poll: float = Field(2.0, gt=0, le=10, description="seconds between checks of the page while "
+                                                                   "the call holds")
+    desk_token: str | None = Field(None, description="bearer token of the agent push API until agent "
+                                                     "accounts exist (ivr.auth)")
+    sms_gateway: str = Field("outbox", pattern=r"^(outbox|http|smpp)$", description="outbox, http or smpp")
+    sms_sender: str = Field("95598", description="sender id / source address of text messages")
+    sms_http_url: str | None = Field(None, description="http gateway: URL the JSON webhook is POSTed to")
+    sms_http_secret: str | None = Field(None, description="http gateway: HMAC-SHA256 key of the signature header")
+    sms_smpp_host: str | None = None
+    sms_smpp_port: int = 2775
+    sms_smpp_system_id: str = ""
+    sms_smpp_password: str = ""
+    sms_limit_per_number: int = Field(3, ge=0, description="texts one number may get per hour")
+    sms_limit_per_session: int = Field(2, ge=0, description="texts one session may send")
+    sms_limit_per_hour: int = Field(500, ge=0, description="texts the whole server may send per hour")
 
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None,
