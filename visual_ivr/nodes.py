@@ -175,13 +175,14 @@ class GuideNode(InputNode):
 
     def enter(self, ctx: Ctx) -> Transition:
         ctx.state["guide_step"] = 0
-        return super().enter(ctx)
+        ctx.reset_counters()
+        ctx.push_history()
+        ctx.play(self.attempt_prompts(ctx))  # the introduction, once
+        return self.prompt_and_wait(ctx)
 
     def prompt_and_wait(self, ctx: Ctx, preface: tuple[str, ...] = ()) -> Transition:
         ctx.play(preface)
         i = self.step_index(ctx)
-        if i == 0:
-            ctx.play(self.attempt_prompts(ctx))
         raw = ctx.flow.text(self.steps[i], ctx.lang)
         try:
             text = ctx.render(raw) if expr.is_template(raw) else raw

@@ -125,6 +125,10 @@ class HttpGateway:
             self._http = None
 
 
+class _SmscRefused(Exception):
+    pass
+
+
 class SmppGateway:
     """SMPP 3.4 transmitter (smpplib is blocking: it runs in a worker thread,
     one message at a time, over one bound connection kept open)."""
@@ -143,7 +147,7 @@ class SmppGateway:
     def _connect(self) -> Any:
         import smpplib.client
 
-        client = smpplib.client.Client(self.host, self.port, timeout=self.timeout)
+        client = smpplib.client.Client(self.host, self.port, timeout=self.timeout, allow_unknown_opt_params=True)
         client.connect()
         try:
             client.bind_transmitter(system_id=self.system_id, password=self.password)
@@ -177,7 +181,7 @@ class SmppGateway:
             if resp.command != "submit_sm_resp" or resp.sequence != pdu.sequence:
                 raise RuntimeError(f"unexpected {resp.command} (sequence {resp.sequence})")
             if resp.is_error():
-                raise RuntimeError(f"SMSC refused: status {resp.status}")
+                raise _SmscRefused(f"SMSC refused: status {resp.status}")
             mid = resp.message_id
             ids.append(mid.decode() if isinstance(mid, bytes) else str(mid))
         return ",".join(ids)
@@ -189,6 +193,8 @@ class SmppGateway:
                     if self._client is None:
                         self._client = self._connect()
                     return SendResult("sent", self._submit(to, text, sender))
+                except _SmscRefused as exc:  # a clear answer: the link is fine, do not retry
+                    return SendResult("failed", reason=str(exc)[:64])
                 except Exception as exc:  # noqa: BLE001 - any SMPP/socket failure is a failed send
                     self._drop()
                     if attempt == 2:
