@@ -31,12 +31,15 @@ class HoldingCaller(Caller):
     async def peek(self, request: InputRequest) -> Input | None:
         if self._pending is not None:
             return self._pending
+        if not self._extra.empty():
+            self._pending = self._extra.get_nowait()
+            return self._pending
         if self.script.remaining:
             return await self.script.peek(request)
         if self.moved.is_set():
             self._pending = CALLER_HANGUP
             return self._pending
-        if request.command != "WAIT FOR DIGIT" or not request.timeout_ms:
+        if request.command not in ("WAIT FOR DIGIT", "GET DATA") or not request.timeout_ms:
             return None  # prompts play to the end
         self.waits.append(request)
         get = asyncio.ensure_future(self._extra.get())

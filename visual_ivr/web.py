@@ -308,12 +308,12 @@ async def act(request: web.Request) -> web.StreamResponse:
     async with ws.lock:
         turn = ws.turn
         if turn is None or ws.back_on_phone:
-            return web.HTTPSeeOther(here)
+            raise web.HTTPSeeOther(here)
         if action == "cancel_callback":
             await hub.cancel_callback(ws)
-            return web.HTTPSeeOther(here)
+            raise web.HTTPSeeOther(here)
         if turn.ended or ws.finished:
-            return web.HTTPSeeOther(here)
+            raise web.HTTPSeeOther(here)
         if action == "tap":
             expect = turn.expect
             allowed = {c.key for c in expect.choices} if expect is not None and expect.kind == "choice" else set()
@@ -334,7 +334,7 @@ async def act(request: web.Request) -> web.StreamResponse:
         elif action == "connect":
             if not await hub.connect_now(ws):
                 ws.flash = "connect_failed"
-                return web.HTTPSeeOther(here + "?view=person")
+                raise web.HTTPSeeOther(here + "?view=person")
         elif action == "callback":
             if value == "asap":
                 when: Any = "asap"
@@ -347,7 +347,7 @@ async def act(request: web.Request) -> web.StreamResponse:
         else:
             raise PageError(400, "bad_request", lang)
         await hub.links.touch(ws.link_id)
-    return web.HTTPSeeOther(here)
+    raise web.HTTPSeeOther(here)
 
 
 async def static(request: web.Request) -> web.StreamResponse:
