@@ -81,6 +81,17 @@ def _humanize(name: str) -> str:
     return name.replace("_", " ").strip().capitalize()
 
 
+def _var_label(flow: Any, name: str, lang: str) -> str:
+    """A prompt ``var_<name>`` in the flow names a result row per language."""
+    pdef = flow.prompts.get(f"var_{name}")
+    if pdef is not None:
+        texts = pdef.texts()
+        text = texts.get(lang) or texts.get(flow.default_language)
+        if text:
+            return text
+    return _humanize(name)
+
+
 def _cell(value: Any, lang: str) -> str:
     if value is None or value == "":
         return "—"
@@ -111,15 +122,16 @@ def lookup_tables(flow: Any, state: dict[str, Any], events: list[dict[str, Any]]
             value = shown[var]
             if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
                 columns = list(dict.fromkeys(k for v in value for k in v))
-                grids.append({"caption": _humanize(var), "columns": [_humanize(c) for c in columns],
+                grids.append({"caption": _var_label(flow, var, lang),
+                              "columns": [_var_label(flow, c, lang) for c in columns],
                               "rows": [[_cell(v.get(c), lang) for c in columns] for v in value[:50]]})
             elif isinstance(value, dict):
-                grids.append({"caption": _humanize(var), "columns": [], "rows": [
-                    [_humanize(str(k)), _cell(v, lang)] for k, v in list(value.items())[:50]]})
+                grids.append({"caption": _var_label(flow, var, lang), "columns": [], "rows": [
+                    [_var_label(flow, str(k), lang), _cell(v, lang)] for k, v in list(value.items())[:50]]})
             elif isinstance(value, list):
-                rows.append((_humanize(var), ", ".join(_cell(v, lang) for v in value[:50]) or "—"))
+                rows.append((_var_label(flow, var, lang), ", ".join(_cell(v, lang) for v in value[:50]) or "—"))
             else:
-                rows.append((_humanize(var), _cell(value, lang)))
+                rows.append((_var_label(flow, var, lang), _cell(value, lang)))
         if rows or grids:
             caption = flow.text(node.label, lang) if node.label else t("results", lang)
             tables.append({"caption": caption, "rows": rows, "grids": grids})
@@ -171,7 +183,8 @@ def page_context(hub: VisualHub, ws: WebSession, token: str, csrf: str) -> tuple
         if ws.holding:
             return "info.html", {**base, "title": t("to_phone_title", lang), "message": t("to_phone", lang),
                                  "prompts": prompts}
-        return "person.html", {**ctx, **person_context(hub, ws, lang), "title": t("person_title", lang)}
+        return "person.html", {**ctx, **person_context(hub, ws, lang), "title": t("person_title", lang),
+                               "tables": []}
     expect = turn.expect
     if isinstance(node, GuideNode):
         ctx["title"] = flow.text(node.title, lang)
@@ -283,7 +296,8 @@ async def page(request: web.Request) -> web.StreamResponse:
             lang = ws.turn.state.get("lang")
             template, ctx = page_context(hub, ws, token, csrf)
             if template == "page.html":
-                ctx = {**ctx, **person_context(hub, ws, lang), "title": t("person_title", lang), "cancel": True}
+                ctx = {**ctx, **person_context(hub, ws, lang), "title": t("person_title", lang), "cancel": True,
+                       "prompts": [], "tables": [], "step": None}
                 template = "person.html"
         else:
             template, ctx = page_context(hub, ws, token, csrf)
@@ -294,6 +308,7 @@ async def page(request: web.Request) -> web.StreamResponse:
 
 
 async def act(request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
     hub = request.app[HUB_KEY]
     ws, device, _ = await _session_for(request, posting=True)
     token = request.match_info["token"]
@@ -347,7 +362,7 @@ async def act(request: web.Request) -> web.StreamResponse:
         else:
             raise PageError(400, "bad_request", lang)
         await hub.links.touch(ws.link_id)
-    raise web.HTTPSeeOther(here)
+    raise web.HTTPSeeOther(here, headers={"Server-Timing": f"app;dur={(time.perf_counter() - started) * 1000:.1f}"})
 
 
 async def static(request: web.Request) -> web.StreamResponse:
@@ -396,10 +411,13 @@ async def friendly_errors(request: web.Request, handler: Any) -> web.StreamRespo
     if not request.path.startswith("/v/"):
         return await handler(request)
     hub = request.app[HUB_KEY]
+    started = time.perf_counter()
     try:
         return await handler(request)
     except PageError as err:
-        return info_page(hub, err.name, err.status, err.lang)
+        resp = info_page(hub, err.name, err.status, err.lang)
+        resp.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
+        return resp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
