@@ -120,8 +120,8 @@ nodes:
     next: menu
   look:
     type: lookup
-    url: /customers/by-phone/13800138000
-    assign: {who: "response.name_zh", tier: "response.tier", extra: "[caller_name, caller_name]"}
+    url: EVIL_URL
+    assign: {who: "response.name", bills: "response.bills", extra: "[caller_name, caller_name]"}
     next: say
     failure: bye
   say: {type: say, prompt: [hi, result], next: menu}
@@ -136,23 +136,40 @@ nodes:
 
 
 async def test_script_injection_through_variables_and_lookups(app, flows_dir):
-    (flows_dir / "evil.yaml").write_text(EVIL_FLOW, encoding="utf-8")
+    from aiohttp import web
+
+    async def evil_backend(request):
+        return web.json_response({"name": EVIL, "bills": [{"month": EVIL, "<b>amount</b>": "\"><svg onload=x>"}]})
+
+    backend = web.Application()
+    backend.router.add_get("/evil", evil_backend)
+    runner = web.AppRunner(backend)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    (flows_dir / "evil.yaml").write_text(EVIL_FLOW.replace("EVIL_URL", f"http://127.0.0.1:{port}/evil"),
+                                         encoding="utf-8")
     app.registry.reload()
     call = Call(app, [], script="evil", calleridname=EVIL.replace(" ", "_"))
-    link = await call.link()
-    async with client() as phone:
-        status, html = await get(phone, link)
-        assert status == 200
-        assert "<script>alert" not in html and "<img src=x" not in html and "<i>一</i>" not in html
-        assert "&lt;script&gt;alert(" in html and "&lt;i&gt;一&lt;/i&gt;" in html
-        assert "测试&lt;b&gt;标题&lt;/b&gt;" in html
-        assert re.search(r"<th scope=\"row\">Extra</th><td>&lt;script&gt;", html), html
-        async with phone.get(link) as resp:
-            csp = resp.headers["Content-Security-Policy"]
-            assert "script-src 'self'" in csp and "unsafe-inline" not in csp
-            assert resp.headers["Referrer-Policy"] == "no-referrer"
-    call.caller.hang_up()
-    await call.result()
+    try:
+        link = await call.link()
+        async with client() as phone:
+            status, html = await get(phone, link)
+            assert status == 200 and "Extra" in html and "Bills" in html
+            for raw in ("<script>alert", "<img src=x", "<i>一</i>", "<svg", "<b>amount</b>", "<b>标题"):
+                assert raw not in html, raw
+            assert "&lt;script&gt;alert(" in html and "&lt;i&gt;一&lt;/i&gt;" in html
+            assert "测试&lt;b&gt;标题&lt;/b&gt;" in html and "&#34;&gt;&lt;svg onload=x&gt;" in html
+            assert re.search(r"<th scope=\"row\">Extra</th><td>&lt;script&gt;", html), html
+            async with phone.get(link) as resp:
+                csp = resp.headers["Content-Security-Policy"]
+                assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+                assert resp.headers["Referrer-Policy"] == "no-referrer"
+        call.caller.hang_up()
+        await call.result()
+    finally:
+        await runner.cleanup()
 
 
 async def test_sms_limits_are_told_to_the_caller_and_recorded(tmp_path, flows_dir):
@@ -236,3 +253,67 @@ async def test_agent_push_of_a_guide_and_what_the_desk_sees(app):
     assert ("web_open", "router_guide") in web and ("guide_step", "router_guide") in web
     steps = [e["data"]["step"] for e in seen["events"] if e["kind"] == "guide_step"]
     assert steps == [1, 2]
+
+
+async def test_callback_at_a_slot_then_cancelled(app):
+    from visual_ivr import callbacks
+
+    call = Call(app, ["2", "8"])
+    link = await call.link()
+    async with client() as phone:
+        _, html = await get(phone, link)
+        token = csrf(html)
+        status, html = await get(phone, link + "?view=person")
+        assert status == 200 and "Call me back as soon as possible" in html and "Book this time" in html
+        slots = re.findall(r'<option value="([^"]+)">', html)
+        assert len(slots) == 6
+        status, _ = await post(phone, link, {"action": "callback", "value": "2020-01-01T10:00:00+08:00",
+                                             "csrf": token})
+        assert status == 400  # only the slots offered
+        status, html = await post(phone, link, {"action": "callback", "value": slots[1], "csrf": token})
+        assert status == 200 and "Callback booked" in html and "+86138****8000" in html
+        status, html = await post(phone, link, {"action": "cancel_callback", "csrf": token})
+        assert "The callback is cancelled." in html
+    session, events = await call.session()
+    (request,) = [r for r in callbacks.STAND_IN_REQUESTS.values() if r["session_id"] == session["id"]]
+    assert request["when"] == slots[1] and request["status"] == "cancelled" and request["queue"] == "support-en"
+    assert [e["kind"] for e in events if e["kind"].startswith("callback")] == ["callback_requested",
+                                                                            "callback_result"]
+    assert session["outcome"] == "callback"
+
+
+async def test_connect_without_ami_puts_the_call_through_by_the_flow(app):
+    call = Call(app, ["1", "8"])
+    link = await call.link()
+    await call.holding()
+    async with client() as phone:
+        _, html = await get(phone, link)
+        status, html = await get(phone, link + "?view=person")
+        assert "现在转接我的通话" in html
+        status, html = await post(phone, link, {"action": "connect", "csrf": csrf(html)})
+        assert status == 200 and "请在电话中继续" in html
+    session, events = await call.session()
+    result = await call.result()
+    assert ("Queue", "support,c,,,300") in result.executed  # the voice face carried out the flow's transfer
+    transfers = [e for e in events if e["kind"] == "transfer"]
+    assert [e["channel"] for e in transfers] == ["web"]  # decided on screen, done once by the call
+    assert [e["channel"] for e in events if e["kind"] == "transfer_result"] == ["voice"]
+    assert session["outcome"] == "transfer"
+
+
+async def test_caller_hangs_up_while_on_screen_and_the_page_goes_on(app):
+    call = Call(app, ["1", "8"])
+    link = await call.link()
+    async with client() as phone:
+        _, html = await get(phone, link)
+        token = csrf(html)
+        await call.holding()
+        call.caller.hang_up()
+        session, _ = await call.session()
+        assert session["outcome"] == "hangup" and session["end_node"] == "main"
+        status, html = await post(phone, link, {"action": "tap", "value": "3", "csrf": token})
+        assert status == 200 and "停电停网信息" in html
+        status, html = await post(phone, link, {"action": "tap", "value": "1", "csrf": token})
+        assert "感谢使用" in html and "感谢您的来电，再见。" in html
+    session = await app.store.get_session(session["id"])
+    assert session["outcome"] == "completed" and session["end_node"] == "goodbye"

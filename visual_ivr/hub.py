@@ -233,10 +233,15 @@ class VisualHub:
                     break
         except (AgiHangup, CallerGone):
             ws.holding = False
+            gone = "moved" if getattr(face, "moved", False) else "caller"
             async with ws.lock:
-                if getattr(face, "moved", False):
-                    return Handover(self._voice_turn(ws) if ws.turn else self._offer_turn(ws), gone="moved")
-            raise CallerGone("caller") from None  # the page goes on without the call
+                if ws.turn is not None:
+                    # the session ends where the page got to; a page still in
+                    # use goes on without the call
+                    return Handover(self._voice_turn(ws), gone=gone)
+                if gone == "moved":  # pragma: no cover - moving needs an opened page
+                    return Handover(self._offer_turn(ws), gone=gone)
+            raise CallerGone("caller") from None
         finally:
             if not chan.hung_up and not chan.closed:
                 try:
