@@ -48,8 +48,6 @@ async def open_phone(pw, shots: Path) -> tuple:
 async def test_call_continues_on_screen_and_books_a_callback(tmp_path, flows_dir):
     from playwright.async_api import async_playwright
 
-    from visual_ivr import callbacks
-
     async with visual_server(tmp_path, flows_dir) as app, async_playwright() as pw:
         call = Call(app, ["1", "8"])  # Mandarin, then 8: continue on screen
         link = await call.link()
@@ -100,9 +98,11 @@ async def test_call_continues_on_screen_and_books_a_callback(tmp_path, flows_dir
                                     "HANGUP"]
     assert "EXEC StartMusicOnHold default" in result.commands
     # the callback request carries one trail: the call's events, then the page's, in order
-    (request,) = [r for r in callbacks.STAND_IN_REQUESTS.values() if r["session_id"] == session["id"]]
-    assert request["number"] == "+8613800138000" and request["when"] == "asap" and request["queue"] == "support"
-    trail = request["trail"]
+    request = app.driver.visual_hub.calls[session["id"]].callback
+    assert request["when"] == "asap" and request["queue"] == "support" and request["number"].endswith("8000")
+    asked = next(i for i, e in enumerate(events) if e["kind"] == "callback_requested")
+    assert events[asked]["data"]["id"] == request["id"] and events[asked]["channel"] == "web"
+    trail = events[:asked + 1]
     assert [e["seq"] for e in trail] == list(range(1, len(trail) + 1))
     channels = [e["channel"] for e in trail]
     first_web = channels.index("web")

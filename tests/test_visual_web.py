@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 import aiohttp
@@ -275,10 +276,14 @@ async def test_callback_at_a_slot_then_cancelled(app):
         status, html = await post(phone, link, {"action": "cancel_callback", "csrf": token})
         assert "The callback is cancelled." in html
     session, events = await call.session()
-    (request,) = [r for r in callbacks.STAND_IN_REQUESTS.values() if r["session_id"] == session["id"]]
-    assert request["when"] == slots[1] and request["status"] == "cancelled" and request["queue"] == "support-en"
-    assert [e["kind"] for e in events if e["kind"].startswith("callback")] == ["callback_requested",
-                                                                            "callback_result"]
+    request = app.driver.visual_hub.calls[session["id"]].callback
+    assert request["queue"] == "support-en" and request["status"] == "cancelled"
+    asked = [e for e in events if e["kind"] == "callback_requested"]
+    assert [e["data"]["slot"] for e in asked] in ([slots[1]], [dt.datetime.fromisoformat(slots[1]).astimezone(
+        dt.timezone.utc).isoformat()])
+    if callbacks.using_stand_in():
+        assert [e["kind"] for e in events if e["kind"].startswith("callback")] == ["callback_requested",
+                                                                                "callback_result"]
     assert session["outcome"] == "callback"
 
 
@@ -317,3 +322,23 @@ async def test_caller_hangs_up_while_on_screen_and_the_page_goes_on(app):
         assert "感谢使用" in html and "感谢您的来电，再见。" in html
     session = await app.store.get_session(session["id"])
     assert session["outcome"] == "completed" and session["end_node"] == "goodbye"
+
+
+async def test_a_refused_callback_is_shown_and_the_session_goes_on(app, monkeypatch):
+    from visual_ivr import hub as hub_module
+
+    async def refuse(*args, **kwargs):
+        raise ValueError("that time has passed")
+
+    monkeypatch.setattr(hub_module.callbacks, "request_callback", refuse)
+    call = Call(app, ["1", "8"])
+    link = await call.link()
+    async with client() as phone:
+        _, html = await get(phone, link)
+        status, html = await post(phone, link, {"action": "callback", "value": "asap", "csrf": csrf(html)})
+        assert status == 200 and "暂时无法预约回电" in html and "<h1>联系人工客服</h1>" in html
+        _, html = await get(phone, link)
+        assert "<h1>主菜单</h1>" in html  # nothing ended
+    call.caller.hang_up()
+    session, _ = await call.session()
+    assert session["outcome"] == "hangup"

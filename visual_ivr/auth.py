@@ -20,7 +20,7 @@ except ImportError:
     require_role = None
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-AGENT_ROLES = ("agent", "supervisor", "admin")
+AGENT_ROLES = ("agent", "supervisor")
 
 
 def agent_name(request: web.Request) -> str:

@@ -143,6 +143,7 @@ class VisualHub:
     async def send_link(self, session_id: str, *, to: str, state: dict[str, Any], page: str, kind: str,
                         template: str, created_by: str, channel: str, node: str | None,
                         info: SessionInfo | None = None) -> tuple[dict[str, Any], WebSession | None]:
+        self._purge()
         await self.store.flush(session_id)  # the link refers to the session row
         token, link = await self.links.issue(session_id, kind=kind, node=page, language=state.get("lang"),
                                              to_masked=mask_number(to), created_by=created_by)
@@ -206,6 +207,15 @@ class VisualHub:
                                           template=template, created_by=agent[:64], channel="web", node=node)
         code = {"sent": 201, "refused": 429}.get(result["status"], 502)
         return code, {"sms": {"to": mask_number(line.e164), **result}}
+
+    def _purge(self) -> None:
+        """Forget pages nobody used for a long while (their links have expired)."""
+        horizon = time.monotonic() - 2 * max(self.links.ttl, 3600)
+        for link_id, ws in list(self.sessions.items()):
+            if not ws.holding and ws.last_activity < horizon:
+                del self.sessions[link_id]
+                if self.calls.get(ws.session_id) is ws:
+                    del self.calls[ws.session_id]
 
     # ------------------------------------------------------------ the call on hold
     async def hold(self, driver: CallDriver, face: Any, info: SessionInfo,
@@ -475,15 +485,21 @@ class VisualHub:
             slot += dt.timedelta(hours=1)
         return out
 
-    async def request_callback(self, ws: WebSession, when: "str | dt.datetime") -> dict[str, Any]:
+    async def request_callback(self, ws: WebSession, when: "str | dt.datetime") -> dict[str, Any] | None:
         assert ws.turn is not None and ws.info is not None
         state = ws.turn.state
         target = self.person_target(state)
         number = ws.number or (state.get("vars") or {}).get("caller") or ""
-        request = await callbacks.request_callback(
-            self.app, ws.session_id, number=number, when=when, queue=target["queue"],
-            language=state.get("lang") or "", reason=target["reason"], channel="web")
-        ws.callback = request
+        try:
+            request = await callbacks.request_callback(
+                self.app, ws.session_id, number=number, when=when, queue=target["queue"],
+                language=state.get("lang") or "", reason=target["reason"], channel="web")
+        except ValueError as exc:  # refused by the callback service (bad time, number ...)
+            log.warning("session %s: callback refused: %s", ws.session_id, exc)
+            ws.flash = "callback_failed"
+            return None
+        ws.callback = {**request, "when": request.get("when") or (when if isinstance(when, str) else
+                                                                  when.isoformat())}
         if not ws.turn.ended:
             turn = self.engine.finish(state, "callback", reason=target["reason"], now=self._now())
             self.driver.record(ws.info, turn, "web")

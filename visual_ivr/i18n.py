@@ -66,6 +66,8 @@ TEXTS: dict[str, dict[str, str]] = {
     "error": {"zh": "请稍后再试，或直接致电。", "en": "Please try again later, or call us."},
     "connect_failed": {"zh": "暂时无法转接您的通话，请选择回电。",
                        "en": "We could not put your call through just now. Please choose a callback."},
+    "callback_failed": {"zh": "暂时无法预约回电，请稍后再试或直接致电。",
+                        "en": "We could not book the callback just now. Please try again, or call us."},
     "continue": {"zh": "继续", "en": "Continue"},
     "step_of": {"zh": "第{i}步，共{n}步", "en": "Step {i} of {n}"},
 }

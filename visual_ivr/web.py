@@ -46,7 +46,7 @@ TEXT_RE = re.compile(r"^[0-9Xx*# ]{0,64}$")
 
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / "templates")),
                           autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
-                          trim_blocks=True, lstrip_blocks=True)
+                          trim_blocks=True, lstrip_blocks=True, auto_reload=False)
 _env.globals["t"] = t
 
 
@@ -145,8 +145,8 @@ def _error_text(reason: str, node: Any, lang: str) -> str:
         return t("err_length_range", lang, a=node.min_length, b=node.max_length)
     if reason in ("pattern", "checksum", "chars", "empty"):
         return t(f"err_{reason}", lang)
-    if reason == "connect_failed":
-        return t("connect_failed", lang)
+    if reason in ("connect_failed", "callback_failed"):
+        return t(reason, lang)
     return t("step_error", lang)
 
 
@@ -358,7 +358,8 @@ async def act(request: web.Request) -> web.StreamResponse:
                 if value not in slots:
                     raise PageError(400, "bad_request", lang)
                 when = slots[value]
-            await hub.request_callback(ws, when)
+            if await hub.request_callback(ws, when) is None:
+                raise web.HTTPSeeOther(here + "?view=person")
         else:
             raise PageError(400, "bad_request", lang)
         await hub.links.touch(ws.link_id)
