@@ -24,7 +24,6 @@ import os
 import platform
 import re
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path

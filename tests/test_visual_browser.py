@@ -12,7 +12,7 @@ import pytest
 from ivr.testing.fake_ami import FakeAmiServer
 
 from .conftest import ROOT
-from .visual_support import Call, until, visual_server
+from .visual_support import Call, visual_server
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -144,3 +144,46 @@ async def test_smpp_wrong_password_and_no_server(store):
     out = await SmppGateway("127.0.0.1", smsc.port, "ivr", "secret", timeout=1).send(
         "+8613800138000", "x", sender="1", ref="1")
     assert out.status == "failed" and out.reason.startswith("smpp:")
+
+
+# ------------------------------------------------------------ SQLite and PostgreSQL
+from .test_store import backend  # noqa: E402,F401  (the store tests' SQLite / PostgreSQL fixture)
+
+
+async def test_links_and_limits_on_both_backends(backend):  # noqa: F811
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from visual_ivr.links import LinkStore
+    from visual_ivr.models import links_table
+
+    store = await TrailStore.open(backend.url, **backend.options)
+    try:
+        sid = await store.create_session(flow_id="demo_hotline", flow_version="v1", channel="voice",
+                                         caller="13800138000")
+        await store.flush(sid)
+        links = LinkStore(store.engine, b"k" * 32, ttl=60)
+        token, link = await links.issue(sid, kind="call", node="main", language="zh-CN", to_masked="+86138****8000")
+        assert len(token) == 36 and links.well_formed(token) and not links.well_formed(token[:-1] + "A")
+        a, b = links.new_device(), links.new_device()
+        first = await links.redeem(token, a)
+        assert first.status == "ok" and first.first_open and first.link.opened_at is not None
+        again = await links.redeem(token, a)
+        assert again.status == "ok" and not again.first_open
+        assert (await links.redeem(token, b)).status == "other_device"
+        assert (await links.redeem(links.new_token(), a)).status == "unknown"
+        await links.end(link.id, "completed")
+        assert (await links.redeem(token, a)).status == "ended"
+        token2, link2 = await links.issue(sid, kind="push", node="main", language=None, created_by="agent7")
+        async with store.engine.begin() as conn:
+            await conn.execute(update(links_table).where(links_table.c.id == link2.id)
+                               .values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+        assert (await links.redeem(token2, a)).status == "expired"
+        rows = await links.for_session(sid)
+        assert [(r.kind, r.created_by) for r in rows] == [("call", None), ("push", "agent7")]
+        sms = SmsService(store.engine, OutboxGateway(), Limits(per_number=1, per_session=5, per_hour=5))
+        assert (await sms.send("+8613800138000", "a", session_id=sid)).status == "sent"
+        assert (await sms.send("+8613800138000", "b", session_id=sid)).reason == "limit_number"
+    finally:
+        await store.close()

@@ -7,7 +7,6 @@ import re
 
 import aiohttp
 import pytest
-import yaml
 from sqlalchemy import update
 
 from visual_ivr.models import links_table
