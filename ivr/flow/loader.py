@@ -21,10 +21,6 @@ from ivr.flow.model import ID_RE, LANG_RE, NODE_TYPES, Flow, Node, PromptDef, Se
 from ivr.flow.yamlsrc import Pos, Source, YamlError
 from ivr.flow.yamlsrc import load as load_yaml
 
-from ivr.flow.model import load_node_modules  # noqa: E402  (node types of other packages)
-
-load_node_modules()
-
 SPECIAL_TARGETS = {"repeat", "back"}
 
 

@@ -128,17 +128,6 @@ class Node(Strict):
 
 NODE_TYPES: dict[str, type[Node]] = {}
 
-# Modules of other packages that register node types when imported (the
-# loader imports them before it reads a flow, so every tool knows them).
-NODE_MODULES: list[str] = ["visual_ivr.nodes"]
-
-
-def load_node_modules() -> None:
-    import importlib
-
-    for module in NODE_MODULES:
-        importlib.import_module(module)
-
 
 def register_node(cls: type[Node]) -> type[Node]:
     """Class decorator: register a node type by the default of its ``type`` field."""
