@@ -80,11 +80,14 @@ async def test_http_gateway_signs_and_reports_failures(store, unused_tcp_port_fa
     gw = HttpGateway(f"http://127.0.0.1:{port}/sms", secret, timeout=0.5)
     sms = SmsService(store.engine, gw, Limits(per_number=10, per_session=10), sender="95598")
     try:
-        out = await sms.send("+8613800138000", CN_TEXT, session_id="s1", language="zh-CN")
+        token = "abcdefghijklmnopqrstuvwxyz0123456789"
+        out = await sms.send("+8613800138000", CN_TEXT, session_id="s1", language="zh-CN", secret=token)
         assert out.status == "sent" and received[-1]["ok"]
         assert received[-1]["json"] == {"to": "+8613800138000", "from": "95598", "text": CN_TEXT,
                                         "ref": str(out.message_id)}
-        assert (await sms.outbox())[-1]["provider_id"] == "prov-1"
+        row = (await sms.outbox())[-1]
+        assert row["provider_id"] == "prov-1"
+        assert token not in row["body"] and "/v/[token]" in row["body"]  # the log never holds a live link
         status["code"] = 503
         out = await sms.send("+8613800138000", "x", session_id="s1")
         assert (out.status, out.reason) == ("failed", "http 503")

@@ -1,9 +1,10 @@
 """Who may use the agent push API.
 
 Agent accounts (``ivr.auth``: ``require_role(*roles)``, ``current_account``)
-are being built on branch issue-4; when that module exists it is used. Until
-then the desk authenticates with ``Authorization: Bearer <desk_token>``
-(``Config.desk_token``); without a token configured the API is closed (503).
+are being built on branch issue-4; when that module exists, signed-in agents
+and supervisors are admitted through it. A desk backend may also use
+``Authorization: Bearer <desk_token>`` (``Config.desk_token``); with neither
+the API is closed (503).
 """
 
 from __future__ import annotations
@@ -21,9 +22,13 @@ except ImportError:
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 AGENT_ROLES = ("agent", "supervisor")
+# aiohttp >= 3.12 wants typed request keys; older versions take a string
+AGENT_KEY = web.RequestKey("visual_agent", str) if hasattr(web, "RequestKey") else "visual_agent"
 
 
 def agent_name(request: web.Request) -> str:
+    if request.get(AGENT_KEY):
+        return str(request[AGENT_KEY])
     if current_account is not None:  # pragma: no cover
         account = current_account(request)
         for attr in ("username", "name", "id"):
@@ -34,20 +39,26 @@ def agent_name(request: web.Request) -> str:
     return "desk"
 
 
+def _bearer_ok(request: web.Request, expected: str | None) -> bool:
+    given = request.headers.get("Authorization", "")
+    return bool(expected) and given.startswith("Bearer ") and hmac.compare_digest(
+        given[7:].encode(), str(expected).encode())
+
+
 def agents_only(handler: Handler, token: Callable[[], str | None]) -> Handler:
-    if require_role is not None:  # pragma: no cover
-        return require_role(*AGENT_ROLES)(handler)
+    """Signed-in agents (``ivr.auth``), or the desk's service token when one is configured."""
+    by_role = require_role(*AGENT_ROLES)(handler) if require_role is not None else None
 
     async def guarded(request: web.Request) -> web.StreamResponse:
         expected = token()
+        if _bearer_ok(request, expected):
+            request[AGENT_KEY] = "desk"
+            return await handler(request)
+        if by_role is not None:  # pragma: no cover - with the accounts feature merged
+            return await by_role(request)
         if not expected:
             return web.json_response({"error": "the agent API is not configured (desk_token)"}, status=503)
-        given = request.headers.get("Authorization", "")
-        if not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].encode(), expected.encode()):
-            return web.json_response({"error": "agents only"}, status=401,
-                                     headers={"WWW-Authenticate": 'Bearer realm="ivr-desk"'})
-        return await handler(request)
+        return web.json_response({"error": "agents only"}, status=401,
+                                 headers={"WWW-Authenticate": 'Bearer realm="ivr-desk"'})
 
     return guarded
-
-

@@ -155,7 +155,7 @@ class VisualHub:
             text = self._render_sms(DEFAULT_SMS["zh" if str(state.get("lang", "")).startswith("zh") else "en"],
                                     state, url)
         outcome = await self.sms.send(to, text, session_id=session_id, language=state.get("lang"),
-                                      link_id=link.id)
+                                      link_id=link.id, secret=token)
         self._append(session_id, "sms", node, {**outcome.event(to), "link": link.id, "purpose": kind},
                      channel, info)
         if outcome.status != "sent":

@@ -287,9 +287,12 @@ class SmsService:
             return int(result.inserted_primary_key[0])
 
     async def send(self, to: str, text: str, *, session_id: str | None, language: str | None = None,
-                   link_id: str | None = None) -> SmsOutcome:
+                   link_id: str | None = None, secret: str | None = None) -> SmsOutcome:
+        """``secret`` (a link token in ``text``) is kept out of the log unless the
+        gateway is the outbox, whose log *is* the delivered message."""
         gw = self.gateway.name
-        base = {"session_id": session_id, "link_id": link_id, "to_number": to, "body": text,
+        stored = text.replace(secret, "[token]") if secret and gw != "outbox" else text
+        base = {"session_id": session_id, "link_id": link_id, "to_number": to, "body": stored,
                 "language": language, "gateway": gw}
         async with self._lock:
             reason = await self._refusal(to, session_id)
