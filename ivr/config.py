@@ -61,6 +61,27 @@ class Config(BaseModel):
     prompt_synth_command: list[str] | None = Field(
         None, description="argv of the synthesis worker (default: this Python running ivr.prompts.worker)")
 
+    # ---- visual IVR (visual_ivr/): links texted to callers, the H5 pages, SMS
+    visual_link_ttl: int = Field(900, ge=60, le=86400, description="seconds a texted link stays valid")
+    visual_service_number: str = Field("95598", description="service number shown on the visual IVR's pages")
+    visual_timezone: str = Field("Asia/Shanghai", description="time zone of callback slots on the pages")
+    visual_callback_hours: str = Field("08:00-22:00", description="HH:MM-HH:MM when callback slots are offered")
+    visual_hold_poll: float = Field(2.0, gt=0, le=10, description="seconds between checks of the page while "
+                                                                   "the call holds")
+    desk_token: str | None = Field(None, description="bearer token of the agent push API until agent "
+                                                     "accounts exist (ivr.auth)")
+    sms_gateway: str = Field("outbox", pattern=r"^(outbox|http|smpp)$", description="outbox, http or smpp")
+    sms_sender: str = Field("95598", description="sender id / source address of text messages")
+    sms_http_url: str | None = Field(None, description="http gateway: URL the JSON webhook is POSTed to")
+    sms_http_secret: str | None = Field(None, description="http gateway: HMAC-SHA256 key of the signature header")
+    sms_smpp_host: str | None = Field(None, description="smpp gateway: the SMS centre's host")
+    sms_smpp_port: int = Field(2775, description="smpp gateway: port")
+    sms_smpp_system_id: str = Field("", description="smpp gateway: system id (account)")
+    sms_smpp_password: str = Field("", description="smpp gateway: password")
+    sms_limit_per_number: int = Field(3, ge=0, description="texts one number may get per hour")
+    sms_limit_per_session: int = Field(2, ge=0, description="texts one session may send")
+    sms_limit_per_hour: int = Field(500, ge=0, description="texts the whole server may send per hour")
+
     @field_validator("prompt_voices", "prompt_rates", "prompt_synth_command", mode="before")
     @classmethod
     def _from_env_text(cls, value: Any, info: Any) -> Any:

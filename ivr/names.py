@@ -49,3 +49,8 @@ VAR_DIALSTATUS = "DIALSTATUS"
 
 # Played when a menu starts collecting after a key interrupted a prompt (core sounds).
 SILENCE_FILE = "silence/1"
+
+# A live call moved into a queue from the visual IVR (AMI Redirect to
+# CONTEXT_QUEUE): the queue and its priority, set on the channel first.
+VAR_QUEUE = "IVR_QUEUE"
+VAR_PRIO = "IVR_PRIO"

@@ -41,6 +41,7 @@ APP_KEY: web.AppKey["App"] = web.AppKey("ivr_app")
 # Modules that register extensions when imported (each appends to EXTENSIONS).
 EXTENSION_MODULES: list[str] = [
     "ivr.prompts.runtime",
+    "visual_ivr.extension",
 ]
 
 

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
 
-from ivr.engine import Engine, EngineError, Event, Expect, Input, PromptOut, Turn, public_state
+from ivr.engine import Action, Engine, EngineError, Event, Expect, Input, PromptOut, Turn, public_state
 from ivr.flow.model import Flow
 from ivr.store.summary import build_summary
 
@@ -44,7 +44,7 @@ class Face(Protocol):
         """End the call on this face (hang up, close the page ...)."""
 
 
-ActionHandler = Callable[["CallDriver", Face, "SessionInfo", dict[str, Any]], Awaitable[dict[str, Any]]]
+ActionHandler = Callable[["CallDriver", Face, "SessionInfo", dict[str, Any]], Awaitable["dict[str, Any] | Handover"]]
 ACTION_HANDLERS: dict[str, ActionHandler] = {}
 
 
@@ -58,6 +58,17 @@ def register_action(kind: str) -> Callable[[ActionHandler], ActionHandler]:
         return fn
 
     return deco
+
+
+@dataclass
+class Handover:
+    """What an action handler returns when the session went on on another face
+    meanwhile (the caller continued on the visual IVR while the call waited):
+    the driver carries on from ``turn``, whose events are on the trail already,
+    and then ends the call with ``gone`` (e.g. ``"moved"``) if it is set."""
+
+    turn: Turn
+    gone: str | None = None
 
 
 @dataclass
@@ -139,12 +150,20 @@ class CallDriver:
         try:
             while not turn.ended:
                 try:
-                    inp = await self._next_input(face, info, turn)
+                    nxt = await self._next_input(face, info, turn)
                 except CallerGone as gone:
-                    inp = Input.hangup(gone.reason)
-                turn = self.engine.advance(turn.state, inp, now=self._now())
+                    nxt = Input.hangup(gone.reason)
+                if isinstance(nxt, Handover):
+                    # another face advanced the session meanwhile (its events are
+                    # on the trail already): carry on from where it got to
+                    turn = nxt.turn
+                    info.state = turn.state
+                    if nxt.gone is None or turn.ended:
+                        continue
+                    nxt = Input.hangup(nxt.gone)
+                turn = self.engine.advance(turn.state, nxt, now=self._now())
                 self._record(info, turn, face.channel)
-            if turn.outcome != "hangup":
+            if turn.outcome not in ("hangup", "moved"):
                 try:
                     if turn.prompts:
                         await face.present(turn.prompts)
@@ -172,7 +191,7 @@ class CallDriver:
         return CallResult(info.id, outcome, state.get("node"), state["vars"], summary, state.get("reason"),
                           info.events)
 
-    async def _next_input(self, face: Face, info: SessionInfo, turn: Turn) -> Input:
+    async def _next_input(self, face: Face, info: SessionInfo, turn: Turn) -> "Input | Handover":
         if turn.expect is not None:
             return await face.collect(turn.prompts, turn.expect)
         if turn.prompts:
@@ -180,7 +199,11 @@ class CallDriver:
         pending = [a for a in turn.actions if a.await_result]
         if not pending:
             raise EngineError(f"engine waits at {turn.state.get('node')} with nothing to wait for")
-        action = pending[0]
+        return await self.perform(face, info, turn, pending[0])
+
+    async def perform(self, face: Face, info: SessionInfo, turn: Turn, action: Action) -> "Input | Handover":
+        """Carry out one action the engine waits for; its result as an input
+        (or a :class:`Handover` when the session went on elsewhere)."""
         if action.kind == "lookup":
             params = dict(action.params)
             if params["url"].startswith("/"):
@@ -195,4 +218,43 @@ class CallDriver:
         handler = ACTION_HANDLERS.get(action.kind)
         if handler is None:
             raise EngineError(f"no handler for action {action.kind!r}")
-        return Input.result(await handler(self, face, info, dict(action.params)))
+        result = await handler(self, face, info, dict(action.params))
+        if isinstance(result, Handover):
+            return result
+        return Input.result(result)
+
+    # ---- step-wise driving (request/response faces such as the web pages)
+    async def step(self, face: Face, info: SessionInfo, turn: Turn, inp: Input, *,
+                   stop_at: tuple[str, ...] = ("transfer",)) -> Turn:
+        """Advance a waiting session by one caller input, then carry out the
+        actions that follow until it waits for the caller again, ends, or waits
+        for an action named in ``stop_at`` (left to the caller of ``step``).
+
+        Prompts of the intermediate turns go to ``face.present``; events are
+        recorded on the trail with ``face.channel``, as in :meth:`drive`.
+        """
+        turn = self.engine.advance(turn.state, inp, now=self._now())
+        self._record(info, turn, face.channel)
+        return await self.settle(face, info, turn, stop_at=stop_at)
+
+    async def settle(self, face: Face, info: SessionInfo, turn: Turn, *,
+                     stop_at: tuple[str, ...] = ("transfer",)) -> Turn:
+        """Carry out pending actions of ``turn`` (see :meth:`step`)."""
+        while not turn.ended and turn.expect is None:
+            pending = [a for a in turn.actions if a.await_result]
+            if not pending:
+                raise EngineError(f"engine waits at {turn.state.get('node')} with nothing to wait for")
+            if pending[0].kind in stop_at:
+                return turn
+            if turn.prompts:
+                await face.present(turn.prompts)
+            result = await self.perform(face, info, turn, pending[0])
+            if isinstance(result, Handover):
+                raise EngineError(f"action {pending[0].kind!r} handed the session over during a step")
+            turn = self.engine.advance(turn.state, result, now=self._now())
+            self._record(info, turn, face.channel)
+        return turn
+
+    def record(self, info: SessionInfo, turn: Turn, channel: str) -> None:
+        """Put a turn computed outside the driver (``Engine.resume`` ...) on the trail."""
+        self._record(info, turn, channel)

@@ -28,6 +28,8 @@ def test_extensions_conf_contexts_and_variables():
     assert f"AGI({names.AGI_SCRIPT}," in text
     assert f"IVR_FALLBACK_QUEUE={names.FALLBACK_QUEUE}" in text
     assert names.VAR_QUEUE_PRIO in text
+    # a live call moved to a queue from the visual IVR reads these
+    assert f"${{{names.VAR_QUEUE}}}" in text and f"${{{names.VAR_PRIO}}}" in text
 
 
 def test_agi_script_exists_under_its_name():

@@ -35,6 +35,7 @@ from ivr.engine.types import Event
 from ivr.store import TrailStore, build_summary, handoff, make_engine, migrate, normalize_url
 from ivr.store.migrations import SCRIPT_LOCATION, current_revisions, head_revisions
 from ivr.store.models import Base, events_table
+import visual_ivr.models  # noqa: F401,E402  (the visual IVR's tables are on the same metadata)
 from ivr.store.summary import person_reason
 
 PG_DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"

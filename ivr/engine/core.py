@@ -95,7 +95,10 @@ class Engine:
             raise EngineError(f"node {st['node']!r} is not in flow {flow.id} {flow.version}")
         if inp.mode == "hangup":
             ctx.emit("hangup", reason=inp.value or "caller")
-            return self._finish(ctx, End("hangup", str(inp.value or "caller")))
+            # "moved": the server itself moved the live call (e.g. into a queue
+            # from the visual IVR); that is not the caller hanging up.
+            outcome = "moved" if inp.value == "moved" else "hangup"
+            return self._finish(ctx, End(outcome, str(inp.value or "caller")))
         waiting = st.get("waiting")
         if waiting == "result" and inp.mode != "result":
             raise EngineError(f"node {node.type} {st['node']!r} waits for an action result, not {inp.mode}")
@@ -105,6 +108,35 @@ class Engine:
             ctx.emit("input", **_input_event(inp, masked=_input_masked(node)))
         st["waiting"] = None
         return self._run(ctx, node.on_input(ctx, inp))
+
+    def resume(self, state: Mapping[str, Any], *, node: str | None = None, now: dt.datetime | None = None) -> Turn:
+        """Continue a session on another face (or after an agent pushed a page):
+        re-enter ``node`` (default: the node the state is at) as if the flow had
+        just gone there. A ``resume`` event records the jump."""
+        if state.get("v") != STATE_VERSION:
+            raise EngineError(f"state version {state.get('v')} is not supported")
+        st = _copy_state(state)
+        flow = self.resolve(st["flow"], st["version"])
+        target = node or st["node"]
+        if target not in flow.nodes:
+            raise EngineError(f"node {target!r} is not in flow {flow.id} {flow.version}")
+        st.update(status="running", waiting=None, outcome=None)
+        ctx = Ctx(self, flow, st, now or _utcnow())
+        ctx.emit("resume", node=target, previous=state.get("node"))
+        return self._run(ctx, Goto(target))
+
+    def finish(self, state: Mapping[str, Any], outcome: str, reason: str | None = None, *,
+               now: dt.datetime | None = None) -> Turn:
+        """End a session from outside the flow (the caller booked a callback on
+        the visual IVR, say): the same ``session_end`` as a flow ending."""
+        if state.get("status") == "ended":
+            raise EngineError("the session has ended")
+        st = _copy_state(state)
+        flow = self.resolve(st["flow"], st["version"])
+        ctx = Ctx(self, flow, st, now or _utcnow())
+        if reason:
+            st["reason"] = reason
+        return self._finish(ctx, End(outcome, reason))
 
     # ---------------------------------------------------------------- subflows
     def enter_subflow(self, ctx: Ctx, flow_id: str, return_to: str) -> Transition:

@@ -678,3 +678,8 @@ class ReturnNode(Node):
     def enter(self, ctx: Ctx) -> Transition:
         ctx.add_summary(self)
         return ctx.engine.leave_subflow(ctx)
+
+
+# Node types of feature packages: imported here so that every loader (the
+# server, ``ivr validate``, ``ivr call``, tests) knows them.
+from visual_ivr import nodes as _visual_nodes  # noqa: E402,F401  (offer_visual, guide)
