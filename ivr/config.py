@@ -42,6 +42,9 @@ class Config(BaseModel):
     ami_username: str = "ivr"
     ami_secret: str = ""
     log_json: bool = False
+    log_trail: bool = Field(True, description="log one line per trail event (logger ivr.trail, INFO)")
+    fcr_days: int = Field(7, ge=1, le=90, description="days within which a new contact counts as a repeat (ops)")
+    ops_timezone: str = Field("UTC", description="time zone of the dates on the /ops dashboard, e.g. Asia/Shanghai")
     log_level: str = "INFO"
     secret_key: str | None = Field(None, description="signs web tokens; generated and kept in var/ when unset")
 

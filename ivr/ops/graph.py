@@ -177,6 +177,14 @@ def flow_edges(flow: Flow, lang: str | None = None) -> list[Edge]:
     for key, target in sorted(flow.settings.global_keys.items()):
         if target in flow.nodes:
             add(GLOBAL, target, "global", f"key {key}")
+            # where an input node already has an exit to that node, say that the
+            # key goes there too (its traffic is counted on the same edge)
+            for node_id, node in flow.nodes.items():
+                active = getattr(node, "global_keys", False)
+                if (node_id, target) in merged and node.waits_for_input and (
+                        active is True or (isinstance(active, list) and key in active)):
+                    if not any(getattr(c, "key", None) == key for c in getattr(node, "choices", []) or []):
+                        merged[(node_id, target)].labels.append(f"key {key}")
     return list(merged.values())
 
 
