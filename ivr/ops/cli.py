@@ -104,11 +104,18 @@ async def _run_report(args: argparse.Namespace) -> int:
 
     until = args.until or dt.datetime.now(dt.UTC)
     since = args.since or until - dt.timedelta(days=7)
+    from sqlalchemy.exc import DBAPIError
+
     engine = make_engine(args.database_url)
     try:
         report = await compute(engine, args.flow, since, until, fcr_days=args.days)
     except ValueError as exc:
         print(f"ivr report: {exc}", file=sys.stderr)
+        return 2
+    except DBAPIError as exc:
+        cause = getattr(exc, "orig", None) or exc
+        print(f"ivr report: no trail in that database ({type(cause).__name__}: {str(cause).splitlines()[0]})",
+              file=sys.stderr)
         return 2
     finally:
         await engine.dispose()
