@@ -110,10 +110,9 @@ CALLBACK_RESULTS = Counter(
 )
 
 
-def observe_call(outcome: str, turnarounds: Iterable[float] = (), channel: str = "voice") -> None:
+def observe_call(outcome: str, turnarounds: Iterable[float] = ()) -> None:
     """Count one ended voice call and its AGI round trips (called once per call, not per command)."""
     CALLS.labels(outcome=outcome or "unknown").inc()
-    SESSIONS.labels(channel=channel, outcome=outcome or "unknown").inc()
     for seconds in turnarounds:
         AGI_COMMAND_LATENCY.observe(seconds)
 

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
 
+from ivr import metrics
 from ivr.engine import Engine, EngineError, Event, Expect, Input, PromptOut, Turn, public_state
 from ivr.flow.model import Flow
 from ivr.logs import bind_call, log_trail_events
@@ -168,6 +169,7 @@ class CallDriver:
             await face.finish(outcome, info)
         except Exception:
             log.exception("session %s: face failed to finish", info.id)
+        metrics.SESSIONS.labels(channel=face.channel, outcome=outcome).inc()
         summary = build_summary(info.events)
         state = public_state(turn.state)
         if self.store is not None:
