@@ -334,45 +334,88 @@ async def compute(engine: AsyncEngine, flow_id: str, since: dt.datetime, until: 
         )).scalar_one()
         connected = select(EV.c.session_id).where(
             EV.c.session_id.in_(ended_ids),
-            or_(EV.c.kind == "agent_connect",
-                and_(EV.c.kind == "transfer_result", _jstr("status").in_(ANSWERED))))
+            EV.c.kind.in_(("agent_connect", "transfer_result")),
+            or_(EV.c.kind == "agent_connect", _jstr("status").in_(ANSWERED)))
         person = and_(ended, or_(SE.c.outcome.in_(PERSON_OUTCOMES), SE.c.id.in_(connected)))
-        report.to_person = (await conn.execute(select(func.count()).where(person))).scalar_one()
-        rows = await conn.execute(
-            select(SE.c.reason, func.count().label("n")).where(person).group_by(SE.c.reason)
-            .order_by(func.count().desc(), SE.c.reason).limit(TOP_REASONS)
-        )
-        report.reasons = [(reason or NO_REASON, count) for reason, count in rows]
+        person_reasons = {sid: reason or NO_REASON
+                          for sid, reason in await conn.execute(select(SE.c.id, SE.c.reason).where(person))}
+        report.to_person = len(person_reasons)
+        tally = Counter(person_reasons.values())
+        report.reasons = sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_REASONS]
 
-        # ---- events per node and kind
-        counted = ("node_enter", "input", "noinput", "nomatch", "failure", "hangup")
-        rows = await conn.execute(
-            select(EV.c.node, EV.c.kind, func.count(), func.count(func.distinct(EV.c.session_id)))
-            .where(EV.c.session_id.in_(ended_ids), EV.c.kind.in_(counted), EV.c.node.is_not(None))
-            .group_by(EV.c.node, EV.c.kind)
+        # ---- one pass over the range's events for every count by kind: per node
+        # (entries, inputs, no-input, no-match, failures, hang-ups, node types,
+        # speech confidence) and per session (callbacks, SMS, web). JSON values
+        # are grouped through a subquery: PostgreSQL does not take two renderings
+        # of one JSON path with separate parameters as the same expression.
+        per_node = ("node_enter", "input", "noinput", "nomatch", "failure", "hangup", "speech")
+        marks = ("callback_requested", "callback_result", "sms", "web_open", "session_end")
+        conf = _jfloat("confidence")
+        spoken = and_(or_(EV.c.kind == "speech", and_(EV.c.kind == "input", _jstr("mode") == "speech")),
+                      conf.is_not(None))
+        bucket = case(*[(conf < bound, i) for i, bound in enumerate(CONFIDENCE_BUCKETS[:-1])],
+                      else_=len(CONFIDENCE_BUCKETS) - 1)
+        flat = (
+            select(
+                case((EV.c.kind.in_(per_node), EV.c.node)).label("node"),
+                EV.c.kind.label("kind"),
+                case((EV.c.kind == "session_end", EV.c.channel)).label("channel"),
+                case((EV.c.kind == "node_enter", _jstr("type"))).label("type"),
+                case((EV.c.kind.in_(marks), func.coalesce(_jstr("status"), _jstr("outcome")))).label("what"),
+                case((spoken, bucket)).label("b"),
+                case((spoken, conf)).label("conf"),
+                EV.c.session_id.label("sid"),
+            )
+            .where(EV.c.session_id.in_(ended_ids), EV.c.kind.in_(per_node + marks))
+            .subquery()
         )
-        for name, kind, count, distinct in rows:
+        columns = (flat.c.node, flat.c.kind, flat.c.channel, flat.c.type, flat.c.what, flat.c.b)
+        rows = await conn.execute(
+            select(*columns, func.count(), func.count(func.distinct(flat.c.sid)), func.sum(flat.c.conf))
+            .group_by(*columns)
+        )
+        speech: dict[str, dict[str, list[Any]]] = defaultdict(dict)
+        for name, kind, channel, ntype, what, b, count, distinct, total in rows:
+            if kind in per_node:
+                if not name:
+                    continue
+                fig = node(name)
+                if kind == "node_enter":
+                    fig.entered += count
+                    fig.sessions += distinct
+                    if ntype and not fig.type:
+                        fig.type = ntype
+                elif kind == "input":
+                    fig.inputs += count
+                elif kind == "noinput":
+                    fig.noinput += count
+                elif kind == "nomatch":
+                    fig.nomatch += count
+                elif kind == "failure":
+                    fig.failures += count
+                elif kind == "hangup":
+                    fig.hung_up += count
+                if b is not None:
+                    hist = speech[name].setdefault(kind, [[0] * len(CONFIDENCE_BUCKETS), 0.0])
+                    hist[0][int(b)] += count
+                    hist[1] += float(total or 0.0)
+            elif kind == "callback_requested":
+                report.callbacks_requested += count
+            elif kind == "callback_result" and (what or "").lower() in CALLBACK_DONE:
+                report.callbacks_completed += count
+            elif kind == "sms" and what == "sent":
+                report.links_sent += count
+            elif kind == "sms" and what in ("refused", "failed"):
+                report.sms_refused += count
+            elif kind == "web_open":
+                report.links_opened += distinct
+            elif kind == "session_end" and channel == "web" and what == "completed":
+                report.finished_on_screen += distinct
+        # the recogniser's own speech events where a node has them, else the engine's speech inputs
+        for name, kinds in speech.items():
+            hist, total = kinds.get("speech") or kinds["input"]
             fig = node(name)
-            if kind == "node_enter":
-                fig.entered, fig.sessions = count, distinct
-            elif kind == "input":
-                fig.inputs = count
-            elif kind == "noinput":
-                fig.noinput = count
-            elif kind == "nomatch":
-                fig.nomatch = count
-            elif kind == "failure":
-                fig.failures = count
-            elif kind == "hangup":
-                fig.hung_up = count
-        # (JSON values are grouped through a subquery: PostgreSQL does not take
-        # two renderings of one JSON path with separate parameters as the same)
-        typed = (select(EV.c.node.label("node"), _jstr("type").label("type"))
-                 .where(EV.c.session_id.in_(ended_ids), EV.c.kind == "node_enter").subquery())
-        rows = await conn.execute(select(typed.c.node, typed.c.type).group_by(typed.c.node, typed.c.type))
-        for name, ntype in rows:
-            if name and ntype and not node(name).type:
-                node(name).type = ntype
+            fig.confidence, fig.confidence_sum = hist, total
 
         # ---- movement and time: each node_enter against the next node_enter or session_end
         window = {"partition_by": EV.c.session_id, "order_by": EV.c.seq}
@@ -426,60 +469,8 @@ async def compute(engine: AsyncEngine, flow_id: str, since: dt.datetime, until: 
             if name:
                 node(name).escalated = count
 
-        # ---- speech confidence
-        conf = _jfloat("confidence")
-        bucket = case(*[(conf < bound, i) for i, bound in enumerate(CONFIDENCE_BUCKETS[:-1])],
-                      else_=len(CONFIDENCE_BUCKETS) - 1)
-        said = (
-            select(EV.c.node.label("node"), EV.c.kind.label("kind"), bucket.label("b"), conf.label("conf"))
-            .where(EV.c.session_id.in_(ended_ids), conf.is_not(None),
-                   or_(EV.c.kind == "speech", and_(EV.c.kind == "input", _jstr("mode") == "speech")))
-            .subquery()
-        )
-        rows = await conn.execute(
-            select(said.c.node, said.c.kind, said.c.b, func.count(), func.sum(said.c.conf))
-            .group_by(said.c.node, said.c.kind, said.c.b)
-        )
-        speech: dict[str, dict[str, list[Any]]] = defaultdict(dict)
-        for name, kind, b, count, total in rows:
-            if not name:
-                continue
-            hist = speech[name].setdefault(kind, [[0] * len(CONFIDENCE_BUCKETS), 0.0])
-            hist[0][int(b)] += count
-            hist[1] += float(total or 0.0)
-        for name, kinds in speech.items():
-            hist, total = kinds.get("speech") or kinds["input"]
-            fig = node(name)
-            fig.confidence, fig.confidence_sum = hist, total
-
-        # ---- callbacks, SMS links, visual IVR
-        marks = (
-            select(EV.c.kind.label("kind"), EV.c.channel.label("channel"), EV.c.session_id.label("sid"),
-                   func.coalesce(_jstr("status"), _jstr("outcome")).label("what"))
-            .where(EV.c.session_id.in_(ended_ids),
-                   EV.c.kind.in_(("callback_requested", "callback_result", "sms", "web_open", "session_end")))
-            .subquery()
-        )
-        rows = await conn.execute(
-            select(marks.c.kind, marks.c.channel, marks.c.what, func.count(), func.count(func.distinct(marks.c.sid)))
-            .group_by(marks.c.kind, marks.c.channel, marks.c.what)
-        )
-        for kind, channel, what, count, distinct in rows:
-            if kind == "callback_requested":
-                report.callbacks_requested += count
-            elif kind == "callback_result" and (what or "").lower() in CALLBACK_DONE:
-                report.callbacks_completed += count
-            elif kind == "sms" and what == "sent":
-                report.links_sent += count
-            elif kind == "sms" and what in ("refused", "failed"):
-                report.sms_refused += count
-            elif kind == "web_open":
-                report.links_opened += distinct
-            elif kind == "session_end" and channel == "web" and what == "completed":
-                report.finished_on_screen += distinct
-
         # ---- first-contact resolution
-        await _fcr(conn, report, person)
+        await _fcr(conn, report, person_reasons)
 
         # ---- satisfaction surveys
         await _surveys(conn, report, ended_ids)
@@ -499,7 +490,7 @@ async def _first_choices(conn: Any, session_ids: Iterable[str] | Any) -> dict[st
     return out
 
 
-async def _fcr(conn: Any, report: Report, person: Any) -> None:
+async def _fcr(conn: Any, report: Report, reasons: dict[str, str]) -> None:
     days = report.fcr_days
     usable = and_(SE.c.caller.is_not(None), func.lower(func.trim(SE.c.caller)).not_in(sorted(ANONYMOUS_CALLERS)))
     horizon = report.until + dt.timedelta(days=days)
@@ -513,8 +504,6 @@ async def _fcr(conn: Any, report: Report, person: Any) -> None:
         .where(usable, SE.c.started_at >= report.since, SE.c.started_at < horizon)
         .subquery()
     )
-    reasons = dict((await conn.execute(
-        select(SE.c.id, func.coalesce(SE.c.reason, NO_REASON)).where(person))).all())
     rows = (await conn.execute(
         select(contacts.c.id, contacts.c.started_at, contacts.c.next_at)
         .where(contacts.c.flow_id == report.flow_id, contacts.c.started_at < report.until,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -33,6 +34,10 @@ log = logging.getLogger("ivr.ops")
 
 MAX_RANGE_DAYS = 400
 DEFAULT_RANGE_DAYS = 7
+#: Seconds a computed report is reused for the same query (the page, then its
+#: CSV exports, do not each scan the trail again).
+REPORT_TTL = 20.0
+_CACHE: web.AppKey[dict] = web.AppKey("ivr_ops_cache", dict)
 
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.ChoiceLoader([
@@ -99,7 +104,8 @@ class OpsQuery:
             raise BadQuery("flow: no flow is loaded; name one with ?flow=<id>")
         self.flow = app.registry.current.get(self.flow_id)
         zone = _zone(app)
-        now = dt.datetime.now(dt.UTC)
+        # "now", to the next whole minute: reloads within a minute ask the same question
+        now = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)).replace(second=0, microsecond=0)
         self.until = _moment(q["to"], zone, end=True, name="to") if q.get("to") else now
         self.since = (_moment(q["from"], zone, end=False, name="from") if q.get("from")
                       else self.until - dt.timedelta(days=DEFAULT_RANGE_DAYS))
@@ -132,7 +138,12 @@ class OpsQuery:
         return self.since.astimezone(self.zone).date().isoformat(), last.isoformat()
 
 
-async def build_report(app: Any, query: OpsQuery) -> analytics.Report:
+async def build_report(app: Any, query: OpsQuery, cache: dict | None = None) -> analytics.Report:
+    key = (query.flow_id, query.flow.version if query.flow else None, query.since, query.until, query.days)
+    if cache is not None:
+        hit = cache.get(key)
+        if hit and hit[0] > time.monotonic():
+            return hit[1]
     types: dict[str, str] = {}
     labels: dict[str, str] = {}
     if query.flow is not None:
@@ -142,8 +153,14 @@ async def build_report(app: Any, query: OpsQuery) -> analytics.Report:
             if node.label:
                 labels[node_id] = flow.text(node.label, flow.default_language)
     await app.store.flush()  # include what this server queued a moment ago
-    return await analytics.compute(app.store.engine, query.flow_id, query.since, query.until,
-                                   fcr_days=query.days, node_types=types, node_labels=labels)
+    report = await analytics.compute(app.store.engine, query.flow_id, query.since, query.until,
+                                     fcr_days=query.days, node_types=types, node_labels=labels)
+    if cache is not None:
+        now = time.monotonic()
+        for old in [k for k, (expires, _) in cache.items() if expires <= now]:
+            del cache[old]
+        cache[key] = (now + REPORT_TTL, report)
+    return report
 
 
 def graph_stats(report: analytics.Report) -> GraphStats:
@@ -167,7 +184,7 @@ def _app(request: web.Request) -> Any:
 async def dashboard(request: web.Request) -> web.Response:
     app = _app(request)
     query = OpsQuery(request, app)
-    report = await build_report(app, query)
+    report = await build_report(app, query, request.app[_CACHE])
     svg = None
     if query.flow is not None:
         try:
@@ -199,7 +216,7 @@ async def export_csv(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text=f"no table {table!r}; have: {', '.join(analytics.CSV_TABLES)}\n")
     app = _app(request)
     query = OpsQuery(request, app)
-    report = await build_report(app, query)
+    report = await build_report(app, query, request.app[_CACHE])
     stamp = query.since.astimezone(query.zone).strftime("%Y%m%d")
     name = f"ivr-{query.flow_id}-{stamp}-{table}.csv"
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
@@ -214,7 +231,7 @@ async def export_csv(request: web.Request) -> web.Response:
 async def report_json(request: web.Request) -> web.Response:
     app = _app(request)
     query = OpsQuery(request, app)
-    report = await build_report(app, query)
+    report = await build_report(app, query, request.app[_CACHE])
     return web.json_response(report.to_dict(), headers={"Cache-Control": "no-store"})
 
 
@@ -224,7 +241,7 @@ async def graph_svg(request: web.Request) -> web.Response:
     query = OpsQuery(request, app)
     if query.flow is None:
         raise web.HTTPNotFound(text=f"flow {query.flow_id!r} is not loaded\n")
-    report = await build_report(app, query)
+    report = await build_report(app, query, request.app[_CACHE])
     svg = await render_async(query.flow, "svg", stats=graph_stats(report))
     return web.Response(body=svg, content_type="image/svg+xml", headers={"Cache-Control": "no-store"})
 
@@ -235,6 +252,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 def add_routes(webapp: web.Application) -> None:
+    webapp[_CACHE] = {}
     webapp.router.add_get("/ops", dashboard)
     webapp.router.add_get("/ops/report.json", report_json)
     webapp.router.add_get("/ops/graph.svg", graph_svg)
