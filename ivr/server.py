@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from ivr import names
+from ivr import metrics, names
 from ivr.agi.channel import AgiChannel
 from ivr.agi.protocol import AgiError
 from ivr.agi.server import FastAgiServer
@@ -25,6 +25,7 @@ from ivr.agi.voice import VoiceFace, call_context
 from ivr.config import Config
 from ivr.engine import Engine
 from ivr.flow.registry import FlowRegistry
+from ivr.logs import bind_call, setup_logging
 from ivr.lookup import LookupRunner
 from ivr.session import CallDriver
 from ivr.store import TrailStore
@@ -42,6 +43,8 @@ APP_KEY: web.AppKey["App"] = web.AppKey("ivr_app")
 EXTENSION_MODULES: list[str] = [
     "ivr.prompts.runtime",
     "visual_ivr.extension",
+    "ivr.auth",
+    "ivr.ops.web",
 ]
 
 
@@ -83,6 +86,7 @@ class App:
 
     async def handle_call(self, chan: AgiChannel) -> None:
         """One FastAGI call: pick the flow, run it, always leave the channel somewhere safe."""
+        bind_call(uniqueid=chan.uniqueid, session_id=None)  # every log line of this call names it
         flow_name, context = call_context(chan.env)
         flow = self.registry.find(flow_name)
         if flow is None:
@@ -102,10 +106,12 @@ class App:
         face = VoiceFace(chan, sounds_prefix=self.config.sounds_prefix, **self.voice_hooks)
         sid = context["session_id"]
         self.live_calls[sid] = LiveCall(sid, face, chan.env.get("agi_channel"), chan.uniqueid, flow.id)
+        result = None
         try:
-            await self.driver.run(face, flow, context)
+            result = await self.driver.run(face, flow, context)
         finally:
             self.live_calls.pop(sid, None)
+            metrics.observe_call(result.outcome if result else "error", chan.turnarounds)
 
 
 def create_web_app(app: App) -> web.Application:
@@ -133,6 +139,8 @@ def create_web_app(app: App) -> web.Application:
             "flows": {fid: f.version for fid, f in app.registry.current.items()},
             "flow_errors": app.registry.errors,
             "calls_in_progress": app.agi.active_calls if app.agi else 0,
+            # reported, not required: calls still run while the AMI link is down
+            "ami": str(app.ami.state) if app.ami is not None else "not configured",
         }
         return web.json_response(body, status=200 if not problems else 503)
 
@@ -196,23 +204,10 @@ async def stop_app(app: App, runner: web.AppRunner) -> None:
 
 
 def _setup_logging(config: Config) -> None:
-    level = getattr(logging, config.log_level.upper(), logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
-    if config.log_json:
-        class JsonFormatter(logging.Formatter):
-            def format(self, record: logging.LogRecord) -> str:
-                out = {"ts": round(record.created, 3), "level": record.levelname, "logger": record.name,
-                       "msg": record.getMessage()}
-                if record.exc_info:
-                    out["exc"] = self.formatException(record.exc_info)
-                return json.dumps(out, ensure_ascii=False)
-
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    # Lines name their call (uniqueid, session id); see ivr.logs.
+    setup_logging(level=config.log_level, json_lines=config.log_json)
+    if not config.log_trail:
+        logging.getLogger("ivr.trail").setLevel(logging.WARNING)
 
 
 def tune_gc() -> None:

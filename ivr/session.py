@@ -13,8 +13,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
 
+from ivr import metrics
 from ivr.engine import Action, Engine, EngineError, Event, Expect, Input, PromptOut, Turn, public_state
 from ivr.flow.model import Flow
+from ivr.logs import bind_call, log_trail_events
 from ivr.store.summary import build_summary
 
 log = logging.getLogger("ivr.session")
@@ -130,11 +132,14 @@ class CallDriver:
         for d in dicts:
             d["channel"] = channel
         info.events.extend(dicts)
+        log_trail_events(dicts, channel)
         if self.store is not None:
             self.store.append(info.id, turn.events, channel)
 
     async def run(self, face: Face, flow: Flow, context: dict[str, Any]) -> CallResult:
+        bind_call(uniqueid=context.get("uniqueid"), session_id=context.get("session_id"))
         turn = self.engine.start(flow, context, now=self._now())
+        bind_call(session_id=turn.state["session_id"])
         info = SessionInfo(turn.state["session_id"], flow, face.channel, context.get("caller"))
         if self.store is not None:
             await self.store.create_session(
@@ -147,6 +152,7 @@ class CallDriver:
 
     async def drive(self, face: Face, info: SessionInfo, turn: Turn) -> CallResult:
         """Step the engine until the session ends, however it ends."""
+        bind_call(session_id=info.id)  # log lines of this task name the session
         try:
             while not turn.ended:
                 try:
@@ -182,6 +188,7 @@ class CallDriver:
             await face.finish(outcome, info)
         except Exception:
             log.exception("session %s: face failed to finish", info.id)
+        metrics.SESSIONS.labels(channel=face.channel, outcome=outcome).inc()
         summary = build_summary(info.events)
         state = public_state(turn.state)
         if self.store is not None:

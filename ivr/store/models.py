@@ -115,8 +115,16 @@ class TrailEvent(Base):
     node: Mapped[str | None] = mapped_column(String(NODE_LEN))
     data: Mapped[dict[str, Any]] = mapped_column(JSONType)
 
-    __table_args__ = (Index("ix_events_session_id_seq", "session_id", "seq", unique=True),)
+    __table_args__ = (
+        Index("ix_events_session_id_seq", "session_id", "seq", unique=True),
+        # rare kinds (transfer, callback_*, survey, sms ...) for the ops analytics (migration 0002_ops)
+        Index("ix_events_kind_session_id", "kind", "session_id"),
+    )
 
 
 sessions_table = cast(Table, Session.__table__)
 events_table = cast(Table, TrailEvent.__table__)
+
+
+# Feature tables declared on the same Base (kept in modules of their own).
+from . import models_handoff  # noqa: E402,F401
