@@ -149,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that add sub-commands with @command when imported.
-PLUGIN_MODULES: list[str] = []
+PLUGIN_MODULES: list[str] = [
+    "ivr.agentscmd",
+]
 
 
 def _load_plugins() -> None:
@@ -171,4 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # ``python -m ivr.cli``: plugins register on the module ``ivr.cli``, not on __main__
+    from ivr.cli import main as _main
+
+    sys.exit(_main())

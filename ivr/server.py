@@ -39,7 +39,9 @@ EXTENSIONS: list[Extension] = []
 APP_KEY: web.AppKey["App"] = web.AppKey("ivr_app")
 
 # Modules that register extensions when imported (each appends to EXTENSIONS).
-EXTENSION_MODULES: list[str] = []
+EXTENSION_MODULES: list[str] = [
+    "ivr.auth",
+]
 
 
 def _extensions() -> list[Extension]:

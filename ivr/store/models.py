@@ -120,3 +120,7 @@ class TrailEvent(Base):
 
 sessions_table = cast(Table, Session.__table__)
 events_table = cast(Table, TrailEvent.__table__)
+
+
+# Feature tables declared on the same Base (kept in modules of their own).
+from . import models_handoff  # noqa: E402,F401
