@@ -151,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Modules that add sub-commands with @command when imported.
 PLUGIN_MODULES: list[str] = [
     "ivr.agentscmd",
+    "callback.cli",
 ]
 
 

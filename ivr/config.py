@@ -44,6 +44,21 @@ class Config(BaseModel):
     log_json: bool = False
     log_level: str = "INFO"
     secret_key: str | None = Field(None, description="signs web tokens; generated and kept in var/ when unset")
+    # ---- agent handoff: desk notifications and callbacks
+    desk_bus: str = Field("auto", pattern="^(auto|local|postgres|redis)$",
+                          description="how screen pops reach other servers: auto (postgres when the database is, "
+                                      "else local), local (one server), postgres (LISTEN/NOTIFY), redis (pub/sub)")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for desk_bus = redis")
+    bus_channel: str = Field("ivr_desk", pattern="^[a-z_][a-z0-9_]{0,62}$",
+                             description="NOTIFY / pub-sub channel shared by the servers of one deployment")
+    callbacks: bool = Field(True, description="run the callback scheduler (needs ami_host)")
+    callback_poll_interval: float = Field(2.0, gt=0, description="seconds between looks for due callbacks")
+    callback_lease: float = Field(120.0, ge=10, description="seconds a claim holds before another server may take it")
+    callback_max_attempts: int = Field(3, ge=1, le=20, description="default dial attempts per request")
+    callback_retry_interval: int = Field(300, ge=1, description="default seconds between attempts")
+    callback_dial_timeout: float = Field(30.0, gt=0, le=300, description="seconds a callback leg may ring")
+    callback_concurrency: int = Field(10, ge=1, le=500, description="callbacks one server dials at once")
+    callback_caller_id: str | None = Field(None, description="caller ID shown to customers on callbacks")
 
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None,

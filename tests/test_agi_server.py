@@ -16,8 +16,9 @@ from ivr.testing.fake_asterisk import SILENCE, FakeAsterisk
 
 from .conftest import OFFICE_HOURS, ROOT
 
-# The demo call from the issue: Chinese, billing, account + ID, balance, then 0 for a person.
-DEMO_KEYS = ["1", "1", "20240001#", "110105199003071239#", "1", "0"]
+# The demo call from the issue: Chinese, billing, account + ID, balance, then 0 for a person;
+# the agent hangs up first (Queue option c) and the caller gives the survey a 5.
+DEMO_KEYS = ["1", "1", "20240001#", "110105199003071239#", "1", "0", "5"]
 
 
 async def call(app, keys, *, script="demo_hotline", **kw) -> tuple:
@@ -32,7 +33,9 @@ async def call(app, keys, *, script="demo_hotline", **kw) -> tuple:
 async def test_demo_call_reaches_transfer_with_context(server):
     result, session, events = await call(server, DEMO_KEYS)
     assert result.server_closed, "the server must close the FastAGI socket"
-    assert session["outcome"] == "transfer" and session["end_node"] == "to_agent"
+    assert session["outcome"] == "completed" and session["end_node"] == "goodbye"
+    assert [e["data"]["status"] for e in events if e["kind"] == "transfer_result"] == ["continue"]
+    assert [(e["data"]["score"], e["data"]["mode"]) for e in events if e["kind"] == "survey"] == [(5, "dtmf")]
     assert session["flow_id"] == "demo_hotline" and session["caller"] == "13800138000"
     kinds = [e["kind"] for e in events]
     assert kinds[0] == "session_start" and kinds[-1] == "session_end"
@@ -69,7 +72,7 @@ async def test_same_call_in_simulator_gives_the_same_trail(server, tmp_path):
                 for e in events]
 
     assert shape(sim_events) == shape(voice_events)
-    assert sim.outcome == session["outcome"] == "transfer"
+    assert sim.outcome == session["outcome"] == "completed"
 
 
 async def test_menu_retries_and_keys_on_the_wire(server):
@@ -98,7 +101,7 @@ async def test_hangup_at_every_command_ends_cleanly(server, caplog):
             assert n <= 2, n
             continue
         assert session["ended_at"] is not None, n
-        assert session["outcome"] in ("hangup", "transfer"), (n, session["outcome"])
+        assert session["outcome"] in ("hangup", "transfer", "completed"), (n, session["outcome"])
         assert events[-1]["kind"] == "session_end", n
         if session["outcome"] == "hangup":
             hang = [e for e in events if e["kind"] == "hangup"]
@@ -192,7 +195,7 @@ async def test_unexpected_error_goes_to_safe_destination_others_unaffected(serve
     assert any(e["kind"] == "error" for e in events)
     logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert logged and session["id"] in logged[0].getMessage()
-    assert good[1]["outcome"] == "transfer"
+    assert good[1]["outcome"] == "completed"
 
 
 async def test_empty_transfer_target_is_a_flow_error(server, flows_dir):
@@ -216,7 +219,7 @@ async def test_flow_reload_new_calls_new_version_old_calls_keep_theirs(server, f
     assert v2 != v1
     _, new_session, new_events = await call(server, ["1", "3", "1"])
     _, old_session, _ = await slow
-    assert old_session["flow_version"] == v1 and old_session["outcome"] == "transfer"
+    assert old_session["flow_version"] == v1 and old_session["outcome"] == "completed"
     assert new_session["flow_version"] == v2
     assert new_events[2]["data"]["text"].startswith("您好，欢迎再次致电")
     # a broken edit is refused; the good version stays live
@@ -250,7 +253,8 @@ def test_sigterm_lets_calls_finish(tmp_path):
             return s.getsockname()[1]
 
     agi, http = free_port(), free_port()
-    env = {"PATH": "/usr/bin:/bin", "IVR_SHUTDOWN_GRACE": "20", "IVR_LOG_LEVEL": "INFO"}
+    # this checkout's code, not whatever `ivr` the virtualenv has installed
+    env = {"PATH": "/usr/bin:/bin", "IVR_SHUTDOWN_GRACE": "20", "IVR_LOG_LEVEL": "INFO", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "ivr.cli", "serve", "--agi-port", str(agi), "--http-port", str(http),
          "--database-url", f"sqlite:///{tmp_path / 't.db'}", "--flows", str(ROOT / "flows")],

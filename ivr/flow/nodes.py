@@ -571,8 +571,10 @@ class TransferNode(Node):
     timeout: Seconds = Field(300, description="seconds to wait for an agent")
     next: NodeId | None = Field(None, description="where the call continues after the agent hangs up (e.g. a survey)")
     failure: NodeId | None = Field(None, description="when nobody answers or the queue fails")
+    callback: NodeId | None = Field(None, description="when a caller waiting in the queue asks to be called back "
+                                                      "(key 1; e.g. a `callback` node)")
 
-    target_fields: ClassVar = ("next", "failure")
+    target_fields: ClassVar = ("next", "failure", "callback")
     template_fields: ClassVar = ("summary", "queue", "extension", "reason")
     prompt_fields: ClassVar = ("prompt",)
     waits_for_input: ClassVar = True
@@ -611,6 +613,8 @@ class TransferNode(Node):
             "timeout": self.timeout,
             "language": ctx.lang,
         }
+        if self.callback and queue:
+            params["callback_offer"] = True
         ctx.emit("transfer", **params)
         ctx.add_summary(self)
         return WaitAction(Action("transfer", params, await_result=True))
@@ -619,6 +623,10 @@ class TransferNode(Node):
         result = inp.value if isinstance(inp.value, dict) else {}
         status = result.get("status", "answered")
         ctx.emit("transfer_result", **result)
+        if status == "callback":
+            if self.callback:
+                return Goto(self.callback)
+            status = "failed"
         if status in ("failed", "noanswer", "timeout") and self.failure:
             return Goto(self.failure)
         if status == "continue" and self.next:
@@ -673,3 +681,9 @@ class ReturnNode(Node):
     def enter(self, ctx: Ctx) -> Transition:
         ctx.add_summary(self)
         return ctx.engine.leave_subflow(ctx)
+
+
+# Node types of feature packages: imported here so that every loader (the
+# server, ``ivr validate``, ``ivr call``, tests) knows them.
+from ivr.handoff import nodes as _handoff_nodes  # noqa: E402,F401  (survey)
+from callback import nodes as _callback_nodes  # noqa: E402,F401  (callback)
