@@ -40,7 +40,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, distinct, or_, select, update
+from sqlalchemy import and_, or_, select, update
 
 from ivr import names
 from ivr.ami import AmiActionError, AmiActionTimeout, AmiDisconnected
@@ -146,7 +146,8 @@ class CallbackScheduler:
             return 0
         now = _now()
         async with self.store.engine.connect() as conn:
-            queues = [r[0] for r in (await conn.execute(select(distinct(CB.c.queue)).where(self._due(now)))).all()]
+            due = select(CB.c.queue).where(self._due(now)).distinct()
+            queues = [r[0] for r in (await conn.execute(due)).all()]
         started = 0
         for queue in queues:
             if room - started <= 0:
