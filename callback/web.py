@@ -26,9 +26,16 @@ from .api import CallbackError, cancel_callback, get_callback, request_callback
 TOKEN_TTL = 24 * 3600
 
 
-def callback_token(app_or_signer: Any, session_id: str, ttl: float = TOKEN_TTL) -> str:
-    """A token letting a caller's page request a callback for ``session_id``."""
-    signer = app_or_signer.signer if hasattr(app_or_signer, "signer") else app_or_signer
+def callback_token(app: Any, session_id: str, ttl: float = TOKEN_TTL) -> str:
+    """A token letting a caller's page request a callback for ``session_id``
+    (``POST /api/callbacks`` with ``token``). ``app``: the server's App, its
+    web application, the :class:`ivr.auth.Auth` or a :class:`ivr.auth.Signer`."""
+    target = app
+    if getattr(target, "web", None) is not None:
+        target = target.web
+    if isinstance(target, web.Application):
+        target = get_auth(target)
+    signer = getattr(target, "signer", target)
     return signer.sign("callback", {"s": session_id}, ttl=ttl)
 
 

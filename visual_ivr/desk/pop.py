@@ -168,7 +168,8 @@ async def build_pop(app: Any, session_id: str, offer: dict[str, Any] | None = No
         "outcome": session["outcome"],
         "summary": session.get("summary") or build_summary(events),
         "reason": reason,
-        "identity": identity(session.get("variables")),
+        # a live session's variables are in its latest state (saved before the transfer)
+        "identity": identity({**(session.get("variables") or {}), **(state.get("vars") or {})}),
         "agent": agent,
         "timeline": timeline(events),
         "previous": [{"id": p["id"], "started_at": p["started_at"], "channel": p["channel"],
