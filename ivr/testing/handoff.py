@@ -47,6 +47,7 @@ class QueueApp:
         self.hangup = asyncio.Event()  # set to end the agent's talk early
         self.connected = asyncio.Event()
         self.connected_at: float | None = None  # perf_counter() when AgentConnect was sent
+        self.connected_wall: float | None = None  # time.time() of the same moment
         self.calls: list[str] = []
 
     def bind(self, fake: FakeAsterisk) -> FakeAsterisk:
@@ -85,6 +86,7 @@ class QueueApp:
                          MemberName=self.member_name, DestChannel=agent_channel)
         await asyncio.sleep(self.hold)
         self.connected_at = time.perf_counter()
+        self.connected_wall = time.time()
         await self._emit("AgentConnect", channel, uniqueid, DestChannel=agent_channel,
                          DestUniqueid=f"{uniqueid}.a", Queue=queue, Interface=self.member,
                          MemberName=self.member_name, HoldTime=int(self.hold), RingTime=0, _privilege="agent,all")

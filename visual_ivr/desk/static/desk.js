@@ -8,7 +8,7 @@
   var cfg = root.dataset;
   var statusEl = document.getElementById("ws-status");
   var sendSeq = 0, recvSeq = 0, ws = null, keyPromise = null, current = null;
-  window.deskStats = { pops: 0, refused: 0, lastPopAt: null, lastSession: null };
+  window.deskStats = { pops: 0, refused: 0, lastPopAt: null, lastPopWall: null, lastSession: null };
 
   function b64urlToBytes(text) {
     var s = text.replace(/-/g, "+").replace(/_/g, "/");
@@ -109,6 +109,7 @@
     setText("disposition-status", "");
     window.deskStats.pops += 1;
     window.deskStats.lastPopAt = performance.now();
+    window.deskStats.lastPopWall = Date.now();
     window.deskStats.lastSession = p.session_id;
     send("ack", { session_id: p.session_id });
   }
