@@ -82,6 +82,11 @@ class CallbackScheduler:
         self.dial_timeout = dial_timeout
         self.caller_id = caller_id
         self._write = store.engine.execution_options(**{WRITE_OPTION: True})
+        # SQLite's busy handler is not fair: many dial tasks of one process
+        # queueing for the write lock can starve past busy_timeout. One writer
+        # per process at a time keeps the wait short (PostgreSQL needs none).
+        self._serialize = store.engine.dialect.name == "sqlite"
+        self._db_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._dials: set[asyncio.Task[None]] = set()
@@ -112,6 +117,16 @@ class CallbackScheduler:
                 task.cancel()
         for unsubscribe in self._unsubscribe:
             unsubscribe()
+
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> Any:
+        if not self._serialize:
+            async with self._write.begin() as conn:
+                yield conn
+            return
+        async with self._db_lock:
+            async with self._write.begin() as conn:
+                yield conn
 
     def wake(self) -> None:
         self._wake.set()
@@ -174,7 +189,7 @@ class CallbackScheduler:
         if limit <= 0:
             return []
         now = _now()
-        async with self._write.begin() as conn:
+        async with self._writing() as conn:
             candidates = (await conn.execute(
                 select(CB.c.id, CB.c.status, CB.c.claimed_by)
                 .where(CB.c.queue == queue, self._due(now))
@@ -206,7 +221,7 @@ class CallbackScheduler:
     async def _renew(self, request_id: str) -> None:
         while True:
             await asyncio.sleep(self.lease / 3)
-            async with self._write.begin() as conn:
+            async with self._writing() as conn:
                 await conn.execute(update(CB).where(CB.c.id == request_id, CB.c.claimed_by == self.server_id,
                                                     CB.c.status == "dialling").values(
                     lease_until=_now() + timedelta(seconds=self.lease)))
@@ -231,7 +246,7 @@ class CallbackScheduler:
             from ivr.handoff.core import normalize_interface
 
             agent_interface = normalize_interface(member_location) if mode == "agent_first" else None
-            async with self._write.begin() as conn:
+            async with self._writing() as conn:
                 await conn.execute(update(CB).where(CB.c.id == request_id, CB.c.claimed_by == self.server_id).values(
                     call_uniqueid=channel_id, agent_interface=agent_interface))
             self._trail(row, "callback_attempt", {
@@ -312,7 +327,7 @@ class CallbackScheduler:
         """AMI failed mid-attempt: the outcome is unknown; back to pending, attempt not counted."""
         now = _now()
         retry_at = now + timedelta(seconds=min(AMI_RETRY_DELAY, row["retry_interval"]))
-        async with self._write.begin() as conn:
+        async with self._writing() as conn:
             result = await conn.execute(update(CB).where(
                 CB.c.id == row["id"], CB.c.claimed_by == self.server_id, CB.c.status == "dialling").values(
                 status="pending", claimed_by=None, lease_until=None, due_at=retry_at, updated_at=now,
@@ -344,7 +359,7 @@ class CallbackScheduler:
             data.update(status="pending", retry_at=retry_at.isoformat(), reason=reason or outcome)
         values.update(claimed_by=None if values["status"] == "pending" else self.server_id, lease_until=None,
                       updated_at=now, last_outcome=outcome[:32], last_reason=(reason or outcome)[:500])
-        async with self._write.begin() as conn:
+        async with self._writing() as conn:
             result = await conn.execute(update(CB).where(
                 CB.c.id == row["id"], CB.c.claimed_by == self.server_id, CB.c.status == "dialling").values(values))
         if not result.rowcount:  # cancelled meanwhile, or our lease ran out and another server took it
