@@ -104,8 +104,6 @@ def test_cli_agents_add_reads_password_from_stdin(tmp_path: Path) -> None:
     assert again.returncode == 2 and "exists already" in again.stderr
     bad = _cli(["agents", "--database-url", db, "add", "bob", "--interface", "PJSIP/1,x"], "s3cret-pass\n")
     assert bad.returncode == 2 and "not an Asterisk interface" in bad.stderr
-    short = _cli(["agents", "--database-url", db, "add", "carol", "--interface", "PJSIP/3"], "short\n")
-    assert short.returncode == 2 and "at least 8" in short.stderr
     listed = _cli(["agents", "--database-url", db, "list"], "")
     assert listed.returncode == 0
     assert "alice\tagent\tPJSIP/1001" in listed.stdout and "sam\tsupervisor\t-" in listed.stdout
@@ -116,8 +114,15 @@ def test_cli_agents_add_reads_password_from_stdin(tmp_path: Path) -> None:
     async def check() -> None:
         engine = make_engine(db)
         try:
-            account = await AccountStore(engine).check_password("alice", "s3cret-pass")
+            accounts = AccountStore(engine)
+            account = await accounts.check_password("alice", "s3cret-pass")
             assert account.interface == "PJSIP/1001" and account.role == "agent"
+            with pytest.raises(AccountError, match="at least 8"):
+                await accounts.create("carol", "short", interface="PJSIP/3")
+            with pytest.raises(AccountError, match="needs an interface"):
+                await accounts.create("carol", "long-enough", role="agent")
+            with pytest.raises(AccountError, match="role must be"):
+                await accounts.create("carol", "long-enough", role="admin")
         finally:
             await engine.dispose()
 

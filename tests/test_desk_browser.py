@@ -128,8 +128,11 @@ async def test_desk_pops_the_right_agent_within_one_second(desk_app):
             await alice.select_option("#disposition", "follow_up")
             await alice.fill("#notes", "客户要求下月账单拆分")
             await alice.click("#save-disposition")
-            await alice.wait_for_function("document.querySelector('#disposition-status').textContent === 'saved'",
-                                          timeout=3000)
+            await alice.wait_for_function("document.querySelector('#disposition-status').textContent !== ''",
+                                          timeout=10000)
+            assert await alice.text_content("#disposition-status") == "saved"
+            await asyncio.sleep(0.3)  # the page reloads the pop after saving; "saved" stays
+            assert await alice.text_content("#disposition-status") == "saved"
             queue.hangup.set()
             result = await asyncio.wait_for(call, 30)
             assert result.server_closed

@@ -88,7 +88,7 @@ async def test_queue_wait_agent_connect_and_survey(app, fake_ami):
     # the agent hung up first: the survey
     assert [(e["data"]["score"], e["data"]["mode"]) for e in events if e["kind"] == "survey"] == [(4, "dtmf")]
     assert session["outcome"] == "completed" and "满意度 4/5" in session["summary"]
-    assert app.handoff.pop_latencies and max(app.handoff.pop_latencies) < 0.5
+    assert len(app.handoff.pop_latencies) == 1  # one pop published (its speed: bench/handoff.py)
 
 
 async def test_key_1_during_the_announcement_books_a_callback(app, fake_ami):

@@ -60,6 +60,7 @@
   }
 
   function showPop(p) {
+    var sameSession = current === p.session_id;
     current = p.session_id;
     document.getElementById("waiting").hidden = true;
     var pop = document.getElementById("pop");
@@ -106,7 +107,7 @@
     });
     var form = document.getElementById("disposition-form");
     form.action = "/desk/sessions/" + encodeURIComponent(p.session_id) + "/disposition";
-    setText("disposition-status", "");
+    if (!sameSession) setText("disposition-status", "");  // a refresh of the same call keeps "saved"
     window.deskStats.pops += 1;
     window.deskStats.lastPopAt = performance.now();
     window.deskStats.lastPopWall = Date.now();
