@@ -150,13 +150,12 @@ async def test_two_schedulers_dial_each_of_100_requests_exactly_once(db_url, fak
     schedulers = []
     try:
         app = app_for(stores[0])
-        ids = []
-        for i in range(100):
-            sid = await stores[0].create_session(flow_id="demo_hotline", flow_version="v1", channel="voice",
-                                                 caller=f"1390000{i:04d}")
-            await stores[0].flush(sid)
-            ids.append((await request_callback(app, sid, number=f"1390000{i:04d}", when="asap", queue="support",
-                                               language="zh-CN", reason=None, channel="voice"))["id"])
+        sids = [await stores[0].create_session(flow_id="demo_hotline", flow_version="v1", channel="voice",
+                                               caller=f"1390000{i:04d}") for i in range(100)]
+        await stores[0].flush()
+        ids = [(await request_callback(app, sid, number=f"1390000{i:04d}", when="asap", queue="support",
+                                       language="zh-CN", reason=None, channel="voice"))["id"]
+               for i, sid in enumerate(sids)]
         schedulers = [scheduler(stores[0], amis[0], "server-a"), scheduler(stores[1], amis[1], "server-b")]
         started = time.perf_counter()
         for s in schedulers:
@@ -174,6 +173,9 @@ async def test_two_schedulers_dial_each_of_100_requests_exactly_once(db_url, fak
         print(f"100 callbacks, 2 schedulers ({db_url.split(':')[0]}): {elapsed:.2f} s, "
               f"split {schedulers[0].dialled}/{schedulers[1].dialled}")
         # every request has one attempt and one answered result on its session's trail
+        # (written by whichever server dialled it: let both writers finish)
+        for st in stores:
+            await st.flush()
         done = await list_callbacks(app, limit=1)
         events = await stores[0].events(done[0]["session_id"])
         assert [e["kind"] for e in events if e["kind"].startswith("callback_")] == [
