@@ -164,6 +164,7 @@ PLUGIN_MODULES: list[str] = [
     "ivr.prompts.cli",
     "ivr.agentscmd",
     "ivr.ops.cli",
+    "callback.cli",
 ]
 
 

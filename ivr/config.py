@@ -85,6 +85,22 @@ class Config(BaseModel):
     sms_limit_per_session: int = Field(2, ge=0, description="texts one session may send")
     sms_limit_per_hour: int = Field(500, ge=0, description="texts the whole server may send per hour")
 
+    # ---- agent handoff: desk notifications and callbacks
+    desk_bus: str = Field("auto", pattern="^(auto|local|postgres|redis)$",
+                          description="how screen pops reach other servers: auto (postgres when the database is, "
+                                      "else local), local (one server), postgres (LISTEN/NOTIFY), redis (pub/sub)")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for desk_bus = redis")
+    bus_channel: str = Field("ivr_desk", pattern="^[a-z_][a-z0-9_]{0,62}$",
+                             description="NOTIFY / pub-sub channel shared by the servers of one deployment")
+    callbacks: bool = Field(True, description="run the callback scheduler (needs ami_host)")
+    callback_poll_interval: float = Field(2.0, gt=0, description="seconds between looks for due callbacks")
+    callback_lease: float = Field(120.0, ge=10, description="seconds a claim holds before another server may take it")
+    callback_max_attempts: int = Field(3, ge=1, le=20, description="default dial attempts per request")
+    callback_retry_interval: int = Field(300, ge=1, description="default seconds between attempts")
+    callback_dial_timeout: float = Field(30.0, gt=0, le=300, description="seconds a callback leg may ring")
+    callback_concurrency: int = Field(10, ge=1, le=500, description="callbacks one server dials at once")
+    callback_caller_id: str | None = Field(None, description="caller ID shown to customers on callbacks")
+
     @field_validator("prompt_voices", "prompt_rates", "prompt_synth_command", mode="before")
     @classmethod
     def _from_env_text(cls, value: Any, info: Any) -> Any:
@@ -135,16 +151,19 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str,
 
 def example_toml() -> str:
     """A settings file listing every setting with its default and meaning."""
-    lines = ["# ivr serve --config ivr.toml", "# Every setting can also be given as IVR_<NAME> in the environment.", ""]
+    lines = ["## ivr serve --config ivr.toml", "## Every setting can also be given as IVR_<NAME> in the environment.",
+             "## Remove the '# ' before a setting to change it.", ""]
     for name, field in Config.model_fields.items():
         default = field.default
-        lines.append(f"# {field.description or name}")
+        lines.append(f"## {field.description or name}")
         if default is None:
             lines.append(f"# {name} = ")
         elif isinstance(default, bool):
             lines.append(f"# {name} = {'true' if default else 'false'}")
         elif isinstance(default, (int, float)):
             lines.append(f"# {name} = {default}")
+        elif isinstance(default, dict):
+            lines.append(f"# {name} = {{}}")
         else:
             lines.append(f'# {name} = "{default}"')
         lines.append("")

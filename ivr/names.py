@@ -54,3 +54,26 @@ SILENCE_FILE = "silence/1"
 # CONTEXT_QUEUE): the queue and its priority, set on the channel first.
 VAR_QUEUE = "IVR_QUEUE"
 VAR_PRIO = "IVR_PRIO"
+
+# ---- agent handoff and callbacks (asterisk_conf/extensions.conf, queues.conf)
+# The queues' ``context`` (queues.conf): a caller waiting in Queue() who presses
+# one of its extensions (1: a callback instead of waiting) leaves the queue and
+# the AGI sees CONTEXT/EXTEN point here.
+CONTEXT_QUEUE_EXIT = "ivr-queue-exit"
+QUEUE_EXIT_CALLBACK_KEY = "1"
+# Callbacks: the only context that dials an outside number (a strict pattern).
+CONTEXT_CALLBACK_OUT = "ivr-callback-out"
+# Extensions of CONTEXT_CALLBACK: the customer answered (join the queue), or
+# the agent answered (dial the customer).
+EXTEN_CALLBACK_CUSTOMER = "customer"
+EXTEN_CALLBACK_AGENT = "agent"
+# Channel variables an Originate sets for the callback dialplan.
+VAR_CALLBACK = "IVR_CALLBACK"                # request id (inherited)
+VAR_CALLBACK_NUMBER = "IVR_CALLBACK_NUMBER"  # digits only
+VAR_CALLBACK_QUEUE = "IVR_CALLBACK_QUEUE"
+VAR_CALLBACK_PRIO = "IVR_CALLBACK_PRIO"
+# UserEvent the callback dialplan raises after dialling the customer (agent-first).
+USEREVENT_CALLBACK_DIAL = "IvrCallbackDial"
+# Prompts Asterisk plays by itself while a caller waits in a queue.
+SOUND_QUEUE_CALLBACK_OFFER = "ivr/queue-callback-offer"
+SOUND_CALLBACK_HELLO = "ivr/callback-hello"

@@ -41,9 +41,12 @@ APP_KEY: web.AppKey["App"] = web.AppKey("ivr_app")
 
 # Modules that register extensions when imported (each appends to EXTENSIONS).
 EXTENSION_MODULES: list[str] = [
+    "ivr.auth",
+    "ivr.handoff.ext",
+    "callback.ext",
+    "visual_ivr.desk",
     "ivr.prompts.runtime",
     "visual_ivr.extension",
-    "ivr.auth",
     "ivr.ops.web",
 ]
 
@@ -83,6 +86,9 @@ class App:
     # Calls in progress on this server, by session id: the web face uses this
     # to find a caller's live channel (e.g. to move it into a queue).
     live_calls: dict[str, "LiveCall"] = field(default_factory=dict)
+    # Agent handoff (ivr.handoff.core.Handoff) and the callback scheduler.
+    handoff: Any = None
+    callbacks: Any = None
 
     async def handle_call(self, chan: AgiChannel) -> None:
         """One FastAGI call: pick the flow, run it, always leave the channel somewhere safe."""
@@ -104,6 +110,7 @@ class App:
         except AgiError:
             return  # gone before the flow began: nothing to record
         face = VoiceFace(chan, sounds_prefix=self.config.sounds_prefix, **self.voice_hooks)
+        face.handoff = self.handoff
         sid = context["session_id"]
         self.live_calls[sid] = LiveCall(sid, face, chan.env.get("agi_channel"), chan.uniqueid, flow.id)
         result = None
@@ -163,6 +170,12 @@ async def build_app(config: Config, *, clock: Callable[[], Any] | None = None) -
 async def start_app(app: App) -> tuple[web.AppRunner, web.TCPSite]:
     config = app.config
     app.web = create_web_app(app)
+    if config.ami_host:  # before the extensions: handoff and callbacks use it
+        from ivr.ami import AmiClient
+
+        app.ami = AmiClient(config.ami_host, config.ami_port, config.ami_username, config.ami_secret)
+        await app.ami.start()  # keeps trying in the background while Asterisk is down
+        app.cleanups.insert(0, app.ami.stop)
     # Features (speech, desk, visual IVR, callbacks, metrics) add routes to
     # app.web, hooks to the voice face and clean-ups to app.cleanups here.
     for ext in _extensions():
@@ -176,12 +189,6 @@ async def start_app(app: App) -> tuple[web.AppRunner, web.TCPSite]:
         config.http_port = port
         if not config.backend_url:
             app.driver.backend_url = f"http://127.0.0.1:{port}/demo-api"
-    if config.ami_host:
-        from ivr.ami import AmiClient
-
-        app.ami = AmiClient(config.ami_host, config.ami_port, config.ami_username, config.ami_secret)
-        await app.ami.start()  # keeps trying in the background while Asterisk is down
-        app.cleanups.insert(0, app.ami.stop)
     app.agi = FastAgiServer(app.handle_call, config.agi_host, config.agi_port, command_timeout=config.command_timeout)
     await app.agi.start()
     config.agi_port = app.agi.bound_port

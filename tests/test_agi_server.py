@@ -17,8 +17,9 @@ from ivr.testing.fake_asterisk import SILENCE, FakeAsterisk
 
 from .conftest import OFFICE_HOURS, ROOT
 
-# The demo call from the issue: Chinese, billing, account + ID, balance, then 0 for a person.
-DEMO_KEYS = ["1", "1", "20240001#", "110105199003071239#", "1", "0"]
+# The demo call from the issue: Chinese, billing, account + ID, balance, then 0 for a person;
+# the agent hangs up first (Queue option c) and the caller gives the survey a 5.
+DEMO_KEYS = ["1", "1", "20240001#", "110105199003071239#", "1", "0", "5"]
 
 
 async def call(app, keys, *, script="demo_hotline", **kw) -> tuple:
@@ -33,7 +34,9 @@ async def call(app, keys, *, script="demo_hotline", **kw) -> tuple:
 async def test_demo_call_reaches_transfer_with_context(server):
     result, session, events = await call(server, DEMO_KEYS)
     assert result.server_closed, "the server must close the FastAGI socket"
-    assert session["outcome"] == "transfer" and session["end_node"] == "to_agent"
+    assert session["outcome"] == "transfer" and session["end_node"] == "goodbye"  # talked to a person, then the survey
+    assert [e["data"]["status"] for e in events if e["kind"] == "transfer_result"] == ["continue"]
+    assert [(e["data"]["score"], e["data"]["mode"]) for e in events if e["kind"] == "survey"] == [(5, "dtmf")]
     assert session["flow_id"] == "demo_hotline" and session["caller"] == "13800138000"
     kinds = [e["kind"] for e in events]
     assert kinds[0] == "session_start" and kinds[-1] == "session_end"
@@ -99,7 +102,7 @@ async def test_hangup_at_every_command_ends_cleanly(server, caplog):
             assert n <= 2, n
             continue
         assert session["ended_at"] is not None, n
-        assert session["outcome"] in ("hangup", "transfer"), (n, session["outcome"])
+        assert session["outcome"] in ("hangup", "transfer", "completed"), (n, session["outcome"])
         assert events[-1]["kind"] == "session_end", n
         if session["outcome"] == "hangup":
             hang = [e for e in events if e["kind"] == "hangup"]
@@ -251,9 +254,8 @@ def test_sigterm_lets_calls_finish(tmp_path):
             return s.getsockname()[1]
 
     agi, http = free_port(), free_port()
-    env = {"PATH": "/usr/bin:/bin", "IVR_SHUTDOWN_GRACE": "20", "IVR_LOG_LEVEL": "INFO"}
-    if os.environ.get("PYTHONPATH"):  # run the code under test, not whatever the venv has installed
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    # this checkout's code, not whatever `ivr` the virtualenv has installed
+    env = {"PATH": "/usr/bin:/bin", "IVR_SHUTDOWN_GRACE": "20", "IVR_LOG_LEVEL": "INFO", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "ivr.cli", "serve", "--agi-port", str(agi), "--http-port", str(http),
          "--database-url", f"sqlite:///{tmp_path / 't.db'}", "--flows", str(ROOT / "flows")],

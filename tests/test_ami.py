@@ -320,6 +320,10 @@ async def test_fake_originate_and_redirect_match_capture(fake: FakeAmiServer) ->
                           if b.startswith(b"Event: OriginateResponse\r\nPrivilege: call,all\r\n"
                                           b"ActionID: cb-busy"))
     assert await raw.block() == captured_event + b"\r\n\r\n"
+    # as in the capture, the failed Local channel's Hangup follows (cause 0, Unknown)
+    hangup = parse_block(await raw.block())
+    assert hangup["Event"] == "Hangup" and hangup["Channel"].startswith("Local/s@busy-")
+    assert (hangup["Cause"], hangup["Cause-txt"]) == ("0", "Unknown")
 
     # A synchronous Originate answers only once the outcome is known.
     await raw.send("Action: Originate", "ActionID: sync-1", "Channel: Local/s@busy/n",

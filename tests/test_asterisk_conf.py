@@ -43,3 +43,63 @@ def test_every_result_the_server_sets_is_handled():
     text = (CONF / "extensions.conf").read_text(encoding="utf-8")
     for result in ("error", "noflow"):
         assert f'"${{{names.VAR_RESULT}}}" = "{result}"' in text
+
+
+def _sections(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    current = None
+    for line in text.splitlines():
+        m = re.match(r"^\[([\w-]+)\]", line)
+        if m:
+            current = m.group(1)
+            out[current] = ""
+        elif current:
+            out[current] += line.split(";", 1)[0] + "\n"
+    return out
+
+
+def test_handoff_contexts_match_the_code():
+    text = (CONF / "extensions.conf").read_text(encoding="utf-8")
+    found = contexts(text)
+    for ctx in (names.CONTEXT_QUEUE_EXIT, names.CONTEXT_CALLBACK, names.CONTEXT_CALLBACK_OUT, names.CONTEXT_AGENTS):
+        assert ctx in found, ctx
+    sections = _sections(text)
+    # the exit key, and both callback extensions the scheduler originates into
+    assert f"exten => {names.QUEUE_EXIT_CALLBACK_KEY}," in sections[names.CONTEXT_QUEUE_EXIT]
+    callback = sections[names.CONTEXT_CALLBACK]
+    assert f"exten => {names.EXTEN_CALLBACK_CUSTOMER},1" in callback
+    assert f"exten => {names.EXTEN_CALLBACK_AGENT},1" in callback
+    for var in (names.VAR_CALLBACK_QUEUE, names.VAR_CALLBACK_PRIO, names.VAR_CALLBACK_NUMBER, names.VAR_CALLBACK):
+        assert f"${{{var}}}" in callback, var
+    assert f"UserEvent({names.USEREVENT_CALLBACK_DIAL}," in callback
+    assert f"@{names.CONTEXT_CALLBACK_OUT}," in callback
+    assert names.SOUND_CALLBACK_HELLO in callback
+    # caller-influenced values are filtered before they reach an application
+    assert "FILTER(0-9+,${IVR_CALLBACK_NUMBER})" in callback
+    assert "FILTER(A-Za-z0-9_.-,${IVR_CALLBACK_QUEUE})" in callback
+    # nothing in the originate contexts runs programs
+    for ctx in (names.CONTEXT_CALLBACK, names.CONTEXT_CALLBACK_OUT):
+        assert not re.search(r"System\(|TrySystem\(|SHELL\(|AGI\(", sections[ctx]), ctx
+
+
+def test_queues_conf_offers_the_exit_key():
+    sections = _sections((CONF / "queues.conf").read_text(encoding="utf-8"))
+    template = sections["ivr-queue-template"]
+    assert re.search(rf"^context = {names.CONTEXT_QUEUE_EXIT}$", template, re.M)
+    assert re.search(rf"^periodic-announce = {names.SOUND_QUEUE_CALLBACK_OFFER}$", template, re.M)
+    assert names.FALLBACK_QUEUE in sections
+    for queue in ("support", "support-en"):  # the demo flow's queues
+        assert re.search(r"^member => Local/\w+@" + names.CONTEXT_AGENTS, sections[queue], re.M)
+
+
+def test_manager_conf_is_least_privilege():
+    sections = _sections((CONF / "manager.conf").read_text(encoding="utf-8"))
+    general, user = sections["general"], sections["ivr"]
+    assert re.search(r"^bindaddr = 127\.0\.0\.1$", general, re.M)
+    assert re.search(rf"^channelvars = {names.VAR_SESSION},{names.VAR_CALLBACK}$", general, re.M)
+    assert re.search(r"^deny = 0\.0\.0\.0/0\.0\.0\.0$", user, re.M) and "permit = " in user
+    write = re.search(r"^write = (.*)$", user, re.M).group(1).replace(" ", "").split(",")
+    read = re.search(r"^read = (.*)$", user, re.M).group(1).replace(" ", "").split(",")
+    assert sorted(write) == ["call", "originate"]
+    assert sorted(read) == ["agent", "call", "user"]
+    assert not {"system", "command", "config", "all"} & set(write + read)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = "1 1 20240001# 110105199003071239# 1 0"
+KEYS = "1 1 20240001# 110105199003071239# 1 0 5"  # ... a person, then 5 in the survey
 
 
 def ivr(*args: str, input: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -23,11 +23,16 @@ def test_call_json_reaches_transfer_with_summary_and_trail(tmp_path):
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert set(result) >= {"outcome", "node", "variables", "summary", "trail"}
-    assert result["outcome"] == "transfer" and result["node"] == "to_agent"
+    # the agent hung up first (the simulator's default), so the caller rated the
+    # call; having talked to a person, the session still counts as a transfer
+    assert result["outcome"] == "transfer" and result["node"] == "goodbye"
+    assert [e["data"]["queue"] for e in result["trail"] if e["kind"] == "transfer"] == ["support"]
     assert result["summary"].startswith("已验证账户 ****0001 · 查询余额（268.5）")
+    assert "满意度 5/5" in result["summary"]
     assert result["variables"]["id_number"] == "****1239"  # masked in the output too
     nodes = [e["node"] for e in result["trail"] if e["kind"] == "node_enter"]
-    assert nodes[:4] == ["welcome", "language", "identify", "main"] and nodes[-2:] == ["agent", "to_agent"]
+    assert nodes[:4] == ["welcome", "language", "identify", "main"]
+    assert nodes[-4:] == ["agent", "to_agent", "survey", "goodbye"]
 
 
 def test_call_after_hours_goes_to_closed_message(tmp_path):
@@ -85,8 +90,7 @@ def test_example_settings_file_is_current_and_loads(tmp_path):
     for name in Config.model_fields:
         assert f"# {name} = " in shipped
     # uncommented, the example is a valid settings file with the defaults
-    active = "\n".join(l[2:] for l in shipped.splitlines() if l.startswith("# ") and " = " in l and not
-                       l.endswith("= "))
+    active = "\n".join(l[2:] for l in shipped.splitlines() if l.startswith("# ") and not l.endswith("= "))
     (tmp_path / "ivr.toml").write_text(active, encoding="utf-8")
     assert load_config(tmp_path / "ivr.toml", env={}) == load_config(None, env={})
 

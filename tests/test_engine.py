@@ -130,7 +130,16 @@ def test_transfer_continue_goes_to_survey_and_priority(minimal):
     assert t.node == "survey"
     assert t.expect.global_keys == ()
     t = r.key("1")
-    assert t.ended and t.outcome == "completed"
+    assert t.ended and t.outcome == "transfer"  # the caller talked to a person
+
+
+def test_hangup_in_the_survey_after_a_person_counts_as_transfer(minimal):
+    r = Run(minimal, lang="en-US")
+    r.key("0")
+    r.send(Input.result({"status": "continue"}))
+    t = r.send(Input.hangup("caller"))
+    assert t.ended and t.outcome == "transfer" and t.node == "survey"
+    assert [e.kind for e in t.events] == ["hangup", "session_end"]
 
 
 def test_transfer_answered_ends_with_transfer(minimal):

@@ -160,28 +160,23 @@ class VoiceFace:
         return Input.dtmf(digits)
 
     # ---- transfer
+    #: Set by the server when agent handoff is on (ivr.handoff.core.Handoff):
+    #: queue-wait announcements from AMI QueueStatus and who-answered tracking.
+    handoff: Any = None
+
     async def transfer(self, params: dict[str, Any], session: SessionInfo) -> dict[str, Any]:
         chan = self.chan
         inherit = names.INHERIT
+        handoff = self.handoff
+        if handoff is not None:
+            handoff.transfer_started(session.id, params)
         try:
             await chan.set_variable(inherit + names.VAR_SESSION, session.id)
             await chan.set_variable(inherit + names.VAR_SUMMARY, str(params.get("summary") or "")[:500])
             await chan.set_variable(inherit + names.VAR_LANGUAGE, str(params.get("language") or ""))
             await chan.set_variable(inherit + names.VAR_REASON, str(params.get("reason") or "")[:200])
             if params.get("queue"):
-                priority = int(params.get("priority") or 0)
-                if priority:
-                    await chan.set_variable(names.VAR_QUEUE_PRIO, str(priority))
-                queue = _dialplan_word(params["queue"])
-                # option c: when the agent hangs up, the call comes back to us
-                result = await chan.exec("Queue", f"{queue},c,,,{int(params.get('timeout') or 300)}")
-                if result == -1 or chan.hung_up:
-                    return {"status": "ended", "queue": queue}
-                status = await chan.get_variable(names.VAR_QUEUESTATUS) or ""
-                answered = await chan.get_variable(names.VAR_ANSWEREDTIME)
-                if status == "CONTINUE":
-                    return {"status": "continue", "queue": queue, "talk_seconds": _int(answered)}
-                return {"status": "failed", "queue": queue, "queuestatus": status}
+                return await self._queue(params, session)
             if not params.get("extension"):
                 raise ValueError("transfer without a queue or an extension")
             target = _dialplan_word(params["extension"], allow="/@-_.")
@@ -192,6 +187,54 @@ class VoiceFace:
             return {"status": "continue" if dialstatus == "ANSWER" else "failed", "dialstatus": dialstatus}
         except AgiHangup as exc:
             raise self._gone(exc) from None
+        finally:
+            if handoff is not None:
+                handoff.transfer_ended(session.id)
+
+    async def _queue(self, params: dict[str, Any], session: SessionInfo) -> dict[str, Any]:
+        """Queue() with option ``c``; before it, where the caller stands (AMI QueueStatus).
+
+        A caller may take a callback instead of waiting: by pressing the key
+        during the announcement played here, or during Asterisk's periodic
+        announcements inside Queue(): the queue's ``context`` (queues.conf,
+        CONTEXT_QUEUE_EXIT) makes Queue() leave with CONTEXT/EXTEN pointing
+        there, which is how we tell it from the other endings.
+        """
+        chan = self.chan
+        priority = int(params.get("priority") or 0)
+        if priority:
+            await chan.set_variable(names.VAR_QUEUE_PRIO, str(priority))
+        queue = _dialplan_word(params["queue"])
+        offer_key = names.QUEUE_EXIT_CALLBACK_KEY if params.get("callback_offer") else None
+        handoff = self.handoff
+        if handoff is not None:
+            node = session.state.get("node") if isinstance(session.state, dict) else None
+            info = await handoff.queue_wait(session.id, node, queue, priority)
+            if info is not None:
+                from ivr.handoff.core import wait_prompt
+
+                prompt = wait_prompt(session.flow, str(params.get("language") or session.flow.default_language),
+                                     info, offer_key=offer_key)
+                if prompt is not None:
+                    key = await self._play(prompt, offer_key or "")
+                    if offer_key and key == offer_key:
+                        return {"status": "callback", "queue": queue, "key": key, "when": "announcement",
+                                "position": info.get("position")}
+        # option c: when the agent hangs up, the call comes back to us
+        result = await chan.exec("Queue", f"{queue},c,,,{int(params.get('timeout') or 300)}")
+        if result == -1 or chan.hung_up:
+            return {"status": "ended", "queue": queue}
+        status = await chan.get_variable(names.VAR_QUEUESTATUS) or ""
+        if status == "CONTINUE":
+            answered = await chan.get_variable(names.VAR_ANSWEREDTIME)
+            return {"status": "continue", "queue": queue, "talk_seconds": _int(answered)}
+        if not status:  # left with a key: Queue() sets no QUEUESTATUS then
+            if await chan.get_variable("CONTEXT") == names.CONTEXT_QUEUE_EXIT:
+                key = await chan.get_variable("EXTEN") or ""
+                if offer_key and key == offer_key:
+                    return {"status": "callback", "queue": queue, "key": key, "when": "queue"}
+                return {"status": "failed", "queue": queue, "queuestatus": "EXITWITHKEY", "key": key}
+        return {"status": "failed", "queue": queue, "queuestatus": status}
 
     async def finish(self, outcome: str, session: SessionInfo) -> None:
         chan = self.chan

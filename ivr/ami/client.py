@@ -404,7 +404,7 @@ class AmiClient:
     async def originate(self, channel: str, *, context: str, exten: str, priority: int = 1,
                         variables: Mapping[str, HeaderValue] | None = None,
                         caller_id: str | None = None, timeout_ms: int = 30000,
-                        action_id: str | None = None) -> str:
+                        action_id: str | None = None, channel_id: str | None = None) -> str:
         """Queue an async ``Originate`` into ``context``/``exten``; return its ActionID.
 
         The outcome arrives later as an ``OriginateResponse`` event with the
@@ -419,6 +419,9 @@ class AmiClient:
         }
         if caller_id:
             headers["CallerID"] = caller_id
+        if channel_id:
+            # the Uniqueid Asterisk gives the new channel: its later events can be matched
+            headers["ChannelId"] = channel_id
         if variables:
             headers["Variable"] = [format_originate_variable(name, value)
                                    for name, value in variables.items()]
@@ -429,7 +432,7 @@ class AmiClient:
                                  priority: int = 1,
                                  variables: Mapping[str, HeaderValue] | None = None,
                                  caller_id: str | None = None, timeout_ms: int = 30000,
-                                 action_id: str | None = None,
+                                 action_id: str | None = None, channel_id: str | None = None,
                                  timeout: float | None = None) -> OriginateResult:
         """:meth:`originate`, then wait for its ``OriginateResponse``.
 
@@ -446,7 +449,7 @@ class AmiClient:
         try:
             await self.originate(channel, context=context, exten=exten, priority=priority,
                                  variables=variables, caller_id=caller_id,
-                                 timeout_ms=timeout_ms, action_id=action_id)
+                                 timeout_ms=timeout_ms, action_id=action_id, channel_id=channel_id)
             limit = timeout if timeout is not None else timeout_ms / 1000 + self._action_timeout
             try:
                 event = await asyncio.wait_for(waiter, limit)

@@ -98,6 +98,8 @@ class Engine:
             # "moved": the server itself moved the live call (e.g. into a queue
             # from the visual IVR); that is not the caller hanging up.
             outcome = "moved" if inp.value == "moved" else "hangup"
+            if st.get("talked_to_person") and outcome == "hangup":
+                outcome = "transfer"  # hung up after the agent, e.g. during the survey
             return self._finish(ctx, End(outcome, str(inp.value or "caller")))
         waiting = st.get("waiting")
         if waiting == "result" and inp.mode != "result":

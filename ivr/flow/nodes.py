@@ -574,8 +574,10 @@ class TransferNode(Node):
     timeout: Seconds = Field(300, description="seconds to wait for an agent")
     next: NodeId | None = Field(None, description="where the call continues after the agent hangs up (e.g. a survey)")
     failure: NodeId | None = Field(None, description="when nobody answers or the queue fails")
+    callback: NodeId | None = Field(None, description="when a caller waiting in the queue asks to be called back "
+                                                      "(key 1; e.g. a `callback` node)")
 
-    target_fields: ClassVar = ("next", "failure")
+    target_fields: ClassVar = ("next", "failure", "callback")
     template_fields: ClassVar = ("summary", "queue", "extension", "reason")
     prompt_fields: ClassVar = ("prompt",)
     waits_for_input: ClassVar = True
@@ -614,6 +616,8 @@ class TransferNode(Node):
             "timeout": self.timeout,
             "language": ctx.lang,
         }
+        if self.callback and queue:
+            params["callback_offer"] = True
         ctx.emit("transfer", **params)
         ctx.add_summary(self)
         return WaitAction(Action("transfer", params, await_result=True))
@@ -622,8 +626,14 @@ class TransferNode(Node):
         result = inp.value if isinstance(inp.value, dict) else {}
         status = result.get("status", "answered")
         ctx.emit("transfer_result", **result)
+        if status == "callback":
+            if self.callback:
+                return Goto(self.callback)
+            status = "failed"
         if status in ("failed", "noanswer", "timeout") and self.failure:
             return Goto(self.failure)
+        if status in ("continue", "answered", "ended"):
+            ctx.state["talked_to_person"] = True
         if status == "continue" and self.next:
             return Goto(self.next)
         return End("transfer", ctx.state.get("reason"))
@@ -634,12 +644,15 @@ class TransferNode(Node):
 class HangupNode(Node):
     type: Literal["hangup"] = "hangup"
     prompt: PromptSpec | None = None
-    outcome: str = Field("completed", description="how the session is counted: completed, abandoned ...")
+    outcome: str = Field("completed", description="how the session is counted: completed, abandoned ... "
+                         "(a call that talked to a person, e.g. before a survey, counts as transfer unless set here)")
     prompt_fields: ClassVar = ("prompt",)
 
     def enter(self, ctx: Ctx) -> Transition:
         ctx.play(ctx.flow.prompt_ids(ctx.node_id), barge_in=False)
         ctx.add_summary(self)
+        if ctx.state.get("talked_to_person") and "outcome" not in self.model_fields_set:
+            return End("transfer")
         return End(self.outcome)
 
 
@@ -683,3 +696,5 @@ class ReturnNode(Node):
 # Node types of feature packages: imported here so that every loader (the
 # server, ``ivr validate``, ``ivr call``, tests) knows them.
 from visual_ivr import nodes as _visual_nodes  # noqa: E402,F401  (offer_visual, guide)
+from ivr.handoff import nodes as _handoff_nodes  # noqa: E402,F401  (survey)
+from callback import nodes as _callback_nodes  # noqa: E402,F401  (callback)

@@ -21,7 +21,8 @@ Definitions (the dashboard and ``docs/operations.md`` repeat them):
   :data:`ANSWERED`. Their ``sessions.reason`` gives the top reasons.
 * Per node: **entered** (``node_enter`` events), **exits** (where callers went
   next: another node, or the end of the session with its outcome), **hung up
-  here** (``hangup`` events at the node), **escalated from here** (the last
+  here** (``hangup`` events at the node of sessions that ended hung up in the
+  IVR: a hang-up after talking to a person is no drop-off), **escalated from here** (the last
   node that asked the caller something or looked something up before the
   session's first ``transfer`` or ``callback_requested``), **no-input /
   no-match rates** (÷ the caller inputs at the node), **mean time spent**
@@ -366,7 +367,13 @@ async def compute(engine: AsyncEngine, flow_id: str, since: dt.datetime, until: 
                 case((spoken, conf)).label("conf"),
                 EV.c.session_id.label("sid"),
             )
-            .where(EV.c.session_id.in_(ended_ids), EV.c.kind.in_(per_node + marks))
+            .where(
+                EV.c.session_id.in_(ended_ids),
+                EV.c.kind.in_(per_node + marks),
+                # a hang-up after talking to a person (e.g. in the survey) is no
+                # drop-off: only sessions that ended hung up in the IVR count
+                or_(EV.c.kind != "hangup", EV.c.session_id.in_(select(SE.c.id).where(SE.c.outcome == "hangup"))),
+            )
             .subquery()
         )
         columns = (flat.c.node, flat.c.kind, flat.c.channel, flat.c.type, flat.c.what, flat.c.b)

@@ -87,6 +87,9 @@ class Session(Base):
     state: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     variables: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     reason: Mapped[str | None] = mapped_column(Text)
+    # who answered and when (agent handoff, migration 0003_handoff_callbacks)
+    agent: Mapped[str | None] = mapped_column(String(128))
+    agent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         Index("ix_sessions_caller", "caller"),

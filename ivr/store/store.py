@@ -732,6 +732,8 @@ class TrailStore:
             "summary": row["summary"],
             "reason": row["reason"],
             "variables": row["variables"],
+            "agent": row.get("agent"),
+            "agent_at": _iso(row.get("agent_at")),
         }
         if with_state:
             out["state"] = row["state"]

@@ -57,6 +57,15 @@ ORIGINATE_OUTCOMES: dict[str, tuple[str, int]] = {
 
 UNKNOWN = "<unknown>"
 
+#: Q.850 cause a SIP peer reports for each failed Originate outcome.
+HANGUP_CAUSES: dict[str, tuple[int, str]] = {
+    "busy": (17, "User busy"),
+    "noanswer": (19, "No user response"),
+    "congestion": (34, "Circuit/channel congestion"),
+    "hangup": (16, "Normal Clearing"),
+    "failed": (0, "Unknown"),
+}
+
 
 # -- wire helpers ---------------------------------------------------------------
 
@@ -705,10 +714,25 @@ class FakeAmiServer:
                       ("Data", header(action, "Data"))]
         else:
             event += [("Context", header(action, "Context")), ("Exten", header(action, "Exten"))]
-        uniqueid = f"{int(self._booted)}.{next(self._uniqueid_seq)}" if answered else UNKNOWN
+        requested_id = header(action, "ChannelId")
+        uniqueid = (requested_id or f"{int(self._booted)}.{next(self._uniqueid_seq)}") if answered else UNKNOWN
         event += [("Reason", reason), ("Uniqueid", uniqueid),
                   ("CallerIDNum", number), ("CallerIDName", name)]
+        if answered:
+            self.channels[channel]["UNIQUEID"] = uniqueid
         self._send_event_now(event)
+        if not answered:
+            # as in ami-session-2.txt: the failed channel's Hangup follows (a Local
+            # channel reports cause 0 "Unknown"; a SIP peer the network's cause)
+            cause, text = HANGUP_CAUSES.get(outcome, (0, "Unknown"))
+            if header(action, "Channel").lower().startswith("local/"):
+                cause, text = 0, "Unknown"
+            self._send_event_now([
+                ("Event", "Hangup"), ("Privilege", "call,all"),
+                ("Channel", self._channel_name(header(action, "Channel"))), ("ChannelState", "0"),
+                ("ChannelStateDesc", "Down"), ("CallerIDNum", UNKNOWN), ("CallerIDName", UNKNOWN),
+                ("Uniqueid", requested_id or f"{int(self._booted)}.{next(self._uniqueid_seq)}"),
+                ("Cause", cause), ("Cause-txt", text)])
 
     def _channel_name(self, requested: str) -> str:
         """The name Asterisk gives the created channel (``Local/s@ctx-0000000c;1``)."""
