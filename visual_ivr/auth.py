@@ -1,10 +1,8 @@
 """Who may use the agent push API.
 
-Agent accounts (``ivr.auth``: ``require_role(*roles)``, ``current_account``)
-are being built on branch issue-4; when that module exists, signed-in agents
-and supervisors are admitted through it. A desk backend may also use
-``Authorization: Bearer <desk_token>`` (``Config.desk_token``); with neither
-the API is closed (503).
+Signed-in agents and supervisors (``ivr.auth``), or a desk backend with
+``Authorization: Bearer <desk_token>`` (``Config.desk_token``) when one is
+configured.
 """
 
 from __future__ import annotations
@@ -14,11 +12,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-try:  # pragma: no cover - depends on the merge of the accounts feature
-    from ivr.auth import current_account, require_role  # type: ignore[import-not-found]
-except ImportError:
-    current_account = None
-    require_role = None
+from ivr.auth import current_account, require_role
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 AGENT_ROLES = ("agent", "supervisor")
@@ -29,14 +23,8 @@ AGENT_KEY = web.RequestKey("visual_agent", str) if hasattr(web, "RequestKey") el
 def agent_name(request: web.Request) -> str:
     if request.get(AGENT_KEY):
         return str(request[AGENT_KEY])
-    if current_account is not None:  # pragma: no cover
-        account = current_account(request)
-        for attr in ("username", "name", "id"):
-            value = getattr(account, attr, None) or (account.get(attr) if isinstance(account, dict) else None)
-            if value:
-                return str(value)
-        return str(account)
-    return "desk"
+    account = current_account(request)
+    return account.name if account is not None else "desk"
 
 
 def _bearer_ok(request: web.Request, expected: str | None) -> bool:
@@ -47,18 +35,12 @@ def _bearer_ok(request: web.Request, expected: str | None) -> bool:
 
 def agents_only(handler: Handler, token: Callable[[], str | None]) -> Handler:
     """Signed-in agents (``ivr.auth``), or the desk's service token when one is configured."""
-    by_role = require_role(*AGENT_ROLES)(handler) if require_role is not None else None
+    by_role = require_role(*AGENT_ROLES)(handler)
 
     async def guarded(request: web.Request) -> web.StreamResponse:
-        expected = token()
-        if _bearer_ok(request, expected):
+        if _bearer_ok(request, token()):
             request[AGENT_KEY] = "desk"
             return await handler(request)
-        if by_role is not None:  # pragma: no cover - with the accounts feature merged
-            return await by_role(request)
-        if not expected:
-            return web.json_response({"error": "the agent API is not configured (desk_token)"}, status=503)
-        return web.json_response({"error": "agents only"}, status=401,
-                                 headers={"WWW-Authenticate": 'Bearer realm="ivr-desk"'})
+        return await by_role(request)
 
     return guarded
