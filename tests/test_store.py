@@ -776,3 +776,19 @@ def test_handoff() -> None:
     assert len(pop["events"]) == len(BRIEF_TRAIL)
     stored = handoff({**session, "summary": "Stored", "reason": "VIP"}, [])
     assert (stored["summary"], stored["reason"], stored["events"]) == ("Stored", "VIP", [])
+
+
+def test_summary_speaks_the_agents_language() -> None:
+    trail = [
+        {"kind": "session_start", "node": "welcome", "data": {"lang": "en-US", "agent_lang": "zh-CN"}},
+        {"kind": "summary", "node": "v", "data": {"text": "已验证账户 ****0001"}},
+        {"kind": "lookup", "node": "balance", "data": {"name": "balance", "ok": False, "status": 500}},
+        {"kind": "noinput", "node": "main", "data": {}},
+        {"kind": "nomatch", "node": "main", "data": {}},
+        {"kind": "nomatch", "node": "main", "data": {}},
+        {"kind": "global_key", "node": "main", "data": {"meaning": "agent"}},
+    ]
+    assert build_summary(trail) == "已验证账户 ****0001 · balance查询失败 · 1次无输入 / 2次输入有误 · 客户要求人工服务"
+    trail[0]["data"]["agent_lang"] = "en-US"
+    assert build_summary(trail) == ("已验证账户 ****0001 · look-up balance failed · 1 no-input / 2 no-match · "
+                                    "asked for a person")

@@ -78,7 +78,7 @@ class Engine:
         }
         ctx = Ctx(self, flow, state, now or _utcnow())
         ctx.emit("session_start", node=flow.start, flow=flow.id, version=flow.version, lang=lang,
-                 channel=context.get("channel"))
+                 channel=context.get("channel"), agent_lang=flow.summary_language)
         return self._run(ctx, Goto(flow.start))
 
     def advance(self, state: Mapping[str, Any], inp: Input, *, now: dt.datetime | None = None) -> Turn:

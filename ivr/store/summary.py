@@ -20,6 +20,23 @@ SEPARATOR = " · "
 ELLIPSIS = "…"
 ASKED_FOR_PERSON = "asked for a person"
 
+# The words the summary adds itself, in the agents' language (the engine puts
+# the flow's ``agent_language`` on ``session_start``); English otherwise.
+PHRASES = {
+    "en": {"asked": ASKED_FOR_PERSON, "lookup_failed": "look-up {name} failed",
+           "noinput": "{n} no-input", "nomatch": "{n} no-match"},
+    "zh": {"asked": "客户要求人工服务", "lookup_failed": "{name}查询失败",
+           "noinput": "{n}次无输入", "nomatch": "{n}次输入有误"},
+}
+
+
+def _phrases(trail: list[Mapping[str, Any]]) -> dict[str, str]:
+    for event in trail:
+        if event.get("kind") == "session_start":
+            lang = str(_data(event).get("agent_lang") or "")
+            return PHRASES.get(lang.split("-")[0].lower(), PHRASES["en"])
+    return PHRASES["en"]
+
 
 def _as_dict(event: Mapping[str, Any] | Any) -> Mapping[str, Any]:
     """Accept stored event dicts as well as engine ``Event`` objects."""
@@ -60,9 +77,10 @@ def person_reason(events: Iterable[Mapping[str, Any] | Any]) -> str | None:
     The last ``transfer`` event with a ``reason`` wins; otherwise a global key
     meaning ``agent`` gives "asked for a person".
     """
+    trail = [_as_dict(e) for e in events]
     reason: str | None = None
     asked = False
-    for raw in events:
+    for raw in trail:
         event = _as_dict(raw)
         kind = event.get("kind")
         data = _data(event)
@@ -72,7 +90,7 @@ def person_reason(events: Iterable[Mapping[str, Any] | Any]) -> str | None:
             asked = True
     if reason:
         return reason
-    return ASKED_FOR_PERSON if asked else None
+    return _phrases(trail)["asked"] if asked else None
 
 
 def _fit(parts: list[str], limit: int) -> str:
@@ -114,6 +132,7 @@ def build_summary(events: Iterable[Mapping[str, Any] | Any], *, limit: int = MAX
     Longer than ``limit`` characters, the middle is replaced by ``…``.
     """
     trail = [_as_dict(e) for e in events]
+    words = _phrases(trail)
     fragments: list[str] = []
     labels: list[str] = []
     failures: list[str] = []
@@ -127,7 +146,7 @@ def build_summary(events: Iterable[Mapping[str, Any] | Any], *, limit: int = MAX
             labels.append(_text(data.get("label")))
         elif kind == "lookup" and data.get("ok") is False:
             name = _text(data.get("name")) or _text(event.get("node")) or "?"
-            failures.append(f"look-up {name} failed")
+            failures.append(words["lookup_failed"].format(name=name))
         elif kind == "noinput":
             noinput += 1
         elif kind == "nomatch":
@@ -135,7 +154,7 @@ def build_summary(events: Iterable[Mapping[str, Any] | Any], *, limit: int = MAX
 
     parts = _unique(fragments) or _unique(labels)
     parts += _unique(failures)
-    counts = [f"{n} {what}" for n, what in ((noinput, "no-input"), (nomatch, "no-match")) if n]
+    counts = [words[what].format(n=n) for n, what in ((noinput, "noinput"), (nomatch, "nomatch")) if n]
     if counts:
         parts.append(" / ".join(counts))
     reason = person_reason(trail)
