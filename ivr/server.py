@@ -39,7 +39,7 @@ EXTENSIONS: list[Extension] = []
 APP_KEY: web.AppKey["App"] = web.AppKey("ivr_app")
 
 # Modules that register extensions when imported (each appends to EXTENSIONS).
-EXTENSION_MODULES: list[str] = []
+EXTENSION_MODULES: list[str] = ["ivr.speech"]
 
 
 def _extensions() -> list[Extension]:

@@ -250,7 +250,8 @@ def test_sigterm_lets_calls_finish(tmp_path):
             return s.getsockname()[1]
 
     agi, http = free_port(), free_port()
-    env = {"PATH": "/usr/bin:/bin", "IVR_SHUTDOWN_GRACE": "20", "IVR_LOG_LEVEL": "INFO"}
+    # PYTHONPATH: the server under test is this checkout, not whatever `ivr` the interpreter has installed
+    env = {"PATH": "/usr/bin:/bin", "IVR_SHUTDOWN_GRACE": "20", "IVR_LOG_LEVEL": "INFO", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "ivr.cli", "serve", "--agi-port", str(agi), "--http-port", str(http),
          "--database-url", f"sqlite:///{tmp_path / 't.db'}", "--flows", str(ROOT / "flows")],
