@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ivr.engine.types import Input, Listen
+from ivr.session import register_action
 
 __all__ = ["Heard", "SpeechPort", "SpeechTurn", "heard_text", "with_speech"]
 
@@ -140,3 +141,16 @@ class SpeechPort(Protocol):
 
     async def transcribe(self, path: str, lang: str) -> dict[str, Any]:
         """Free recognition of a recorded file: ``{"transcript", "confidence", ...}``."""
+
+
+@register_action("record")
+async def record_action(driver: Any, face: Any, info: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """The ``record`` node's action: the face records (and transcribes) a message.
+
+    Registered here, next to the faces' speech types, so every process that
+    has a voice or simulator face can run ``record`` nodes.
+    """
+    record = getattr(face, "record", None)
+    if record is None:
+        return {"status": "unsupported", "reason": f"the {face.channel} face cannot record"}
+    return dict(await record(params, info))

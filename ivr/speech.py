@@ -7,7 +7,7 @@
   AudioSocket server (``EXEC AudioSocket <uuid>,<host:port>``).
 * :class:`EagiPort` — process AGI listens on EAGI's fd 3.
 * :class:`SimSpeech` — ``ivr call``: ``say:`` text and ``wav:`` recordings.
-* the ``record`` action (``record`` node) and the ``ivr serve`` extension.
+* the ``ivr serve`` extension (the ``record`` action itself is in :mod:`ivr.hearing`).
 
 No model configured, or none that loads: the server starts, logs one warning,
 and every menu takes keys.
@@ -32,7 +32,6 @@ from asr.recognizer import EndpointSettings, Recognition, RecognitionSession, Re
 from asr.wav import AudioLoadError, load_pcm
 from ivr.engine.types import Listen
 from ivr.hearing import Heard, heard_text
-from ivr.session import register_action
 
 if TYPE_CHECKING:  # pragma: no cover
     from ivr.config import Config
@@ -363,10 +362,18 @@ class SimSpeech:
         return None
 
     async def hear_audio(self, listen: Listen, path: str) -> Heard:
-        """A real recording run through the recogniser."""
+        """A real recording run through the recogniser, heard as on a call: after 0.3 s of
+        quiet (the end of the prompt) and followed by silence until the answer ends.
+
+        Raises:
+            ValueError: the file cannot be read as audio.
+        """
         assert self.service is not None
-        pcm = await asyncio.to_thread(load_pcm, path)
-        return await self.service.recognize_pcm(listen, pcm + bytes(16000), source="wav")
+        try:
+            pcm = await asyncio.to_thread(load_pcm, path)
+        except AudioLoadError as exc:
+            raise ValueError(str(exc)) from None
+        return await self.service.recognize_pcm(listen, bytes(4800) + pcm + bytes(32000), source="wav")
 
     async def transcribe(self, path: str, lang: str) -> dict[str, Any]:
         if self.service is None:
@@ -382,18 +389,6 @@ def agi_hooks(config: Config, *, source: EagiAudioSource | None = None) -> tuple
     service = SpeechService.from_config(config)
     port: Any = EagiPort(service, source) if source is not None else TranscribeOnlyPort(service)
     return {"speech": port, "record_dir": str(Path(config.record_dir).resolve())}, service
-
-
-# -- the record action -------------------------------------------------------------------
-
-
-@register_action("record")
-async def record_action(driver: Any, face: Any, info: Any, params: dict[str, Any]) -> dict[str, Any]:
-    """Run a ``record`` node on the face that carries the call."""
-    record = getattr(face, "record", None)
-    if record is None:
-        return {"status": "unsupported", "reason": f"the {face.channel} face cannot record"}
-    return await record(params, info)
 
 
 # -- ivr serve ---------------------------------------------------------------------------
