@@ -345,11 +345,14 @@ class AudioStream:
                     await self._connected.wait()
             except TimeoutError:
                 return None
-        try:
-            async with asyncio.timeout(timeout):
-                event = await self._events.get()
-        except TimeoutError:
-            return None
+        if not self._events.empty():  # frames already queued: no timer needed (the common case under load)
+            event = self._events.get_nowait()
+        else:
+            try:
+                async with asyncio.timeout(timeout):
+                    event = await self._events.get()
+            except TimeoutError:
+                return None
         if isinstance(event, Hangup):
             self._ended = True
         return event
