@@ -19,7 +19,11 @@ as a speech menu has. Three measurements:
    end of the spoken word to the final result (this includes waiting for the
    end of speech: Vosk's endpoint or 0.8 s of quiet) and from the detected
    end to the result (pure processing). Capacity is the largest k whose p95
-   end-to-result latency stays within 1.5 × that of k = 1.
+   end-to-result latency stays within 1.5 × that of k = 1; the strict
+   capacity the largest k whose processing p95 stays under 200 ms. The
+   callers run in a child process (20 ms frames, all starting within one
+   frame period); the CPU column is this (server) process's CPU seconds per
+   second of audio heard.
 3. The p50/p95 of both latencies at k = 1 are the single-call figures.
 
     .venv/bin/python bench/asr.py                  # about two minutes
@@ -56,6 +60,10 @@ WORDS = ["바나나", "아니요", "영어", "확인"]
 LEAD = bytes(4800)  # 300 ms of quiet before the word, as after a prompt
 TAIL = bytes(16000)  # 1 s after it
 from ivr.speech import CHUNK_MS  # noqa: E402  (the product's setting; --chunk-ms to try others)
+
+
+#: Processing delay after the end of speech that a caller would start to notice.
+PROC_LIMIT_MS = 200
 
 
 def no_early_end() -> EndpointSettings:
@@ -286,7 +294,7 @@ async def concurrency(registry, grammar, audio: dict[str, bytes], levels: list[i
 def main() -> int:
     global CHUNK_MS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 6, 8, 12, 16])
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8, 12, 16, 24, 32, 40, 48])
     parser.add_argument("--rounds", type=int, default=4, help="rounds of k simultaneous callers per level")
     parser.add_argument("--repeat", type=int, default=9, help="rounds of the overhead measurement")
     parser.add_argument("--chunk-ms", type=int, default=CHUNK_MS, help="audio per trip to Vosk (ours)")
@@ -314,11 +322,15 @@ def main() -> int:
               f"{'CPU/audio s':>12}")
         rows = await concurrency(registry, grammar, audio, args.levels, args.rounds)
         base = rows[0]["p95"]
+        cores = os.cpu_count() or 1
         ok = [r["k"] for r in rows if r["p95"] <= 1.5 * base and not r["wrong"]]
         capacity = max(ok) if ok else 0
-        cores = os.cpu_count() or 1
-        print(f"\ncapacity: {capacity} concurrent recognitions before p95 rises above 1.5 x k=1 "
-              f"({1.5 * base:.0f} ms) = {capacity / cores:.1f} per core")
+        print(f"\ncapacity: {capacity} concurrent recognitions before the p95 from end of word to result rises "
+              f"above 1.5 x k=1 ({1.5 * base:.0f} ms) = {capacity / cores:.1f} per core")
+        strict = [r["k"] for r in rows if r["proc95"] <= PROC_LIMIT_MS and not r["wrong"]]
+        capacity = max(strict) if strict else 0
+        print(f"strict: {capacity} concurrent recognitions while the p95 from detected end to result stays "
+              f"under {PROC_LIMIT_MS} ms = {capacity / cores:.1f} per core")
         one = rows[0]
         print(f"single call (k=1): end of word -> result p50 {one['p50']:.0f} ms, p95 {one['p95']:.0f} ms; "
               f"end detected -> result p50 {one['proc50']:.1f} ms, p95 {one['proc95']:.1f} ms")

@@ -50,7 +50,7 @@ class Config(BaseModel):
         default_factory=dict,
         description='Vosk model per language: {"zh-CN" = "/opt/vosk/vosk-model-small-cn-0.22"} or '
                     '"package:<module>"; env: IVR_ASR_MODELS="zh-CN=/path,en-US=/path" (or JSON)')
-    asr_pool_size: int = Field(4, ge=1, le=256, description="recognitions at the same time; more callers get keys")
+    asr_pool_size: int = Field(8, ge=1, le=256, description="recognitions at the same time; more callers get keys")
     asr_end_silence_ms: int = Field(800, ge=100, le=10_000, description="silence that ends a spoken answer")
     asr_max_speech_ms: int = Field(8000, ge=500, le=120_000, description="longest spoken answer")
     asr_connect_timeout: float = Field(3.0, gt=0, le=30, description="seconds to wait for the AudioSocket connection")

@@ -80,7 +80,7 @@ class SpeechService:
         connect_timeout: seconds to wait for Asterisk's AudioSocket connection.
     """
 
-    def __init__(self, models: Mapping[str, str], *, pool_size: int = 4, end_silence_ms: int = 800,
+    def __init__(self, models: Mapping[str, str], *, pool_size: int = 8, end_silence_ms: int = 800,
                  max_speech_ms: int = 8000, connect_timeout: float = 3.0) -> None:
         self.registry = ModelRegistry(models)
         self.pool = RecognizerPool(self.registry, max_concurrent=pool_size)

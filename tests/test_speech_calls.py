@@ -531,3 +531,18 @@ def test_sim_audio_without_a_model_says_why(tmp_path, capsys, wavs):
     assert code == 0 and "no Vosk model is configured" in text and "chose_english" in text
     code, _, text = run_cli(capsys, str(flow), "--asr-model", "ko-KR", "--keys", "1")
     assert code == 2 and "--asr-model wants LANG=MODEL" in text
+
+
+async def test_ivr_call_through_a_running_server_streams_wav_answers(app, wavs):
+    """``ivr call --agi HOST:PORT … --keys wav:FILE``: the recording goes over AudioSocket in real time."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ivr.cli", "call", "speech_ko", "--agi", f"127.0.0.1:{app.config.agi_port}",
+        "--keys", f"wav:{wavs['확인']}", "--json", "--database-url", app.config.database_url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    result = json.loads(out)
+    assert result["outcome"] == "chose_confirm"
+    (speech,) = of(result["trail"], "speech")
+    assert (speech["utterance"], speech["source"]) == ("확인", "audiosocket")

@@ -208,10 +208,14 @@ class VoiceFace:
             if turn.connected:
                 await asyncio.wait([run], timeout=2.0)
             run.cancel()
-        try:
-            heard = await run
-        except asyncio.CancelledError:
+            await asyncio.wait([run])
+        if run.cancelled():  # the AudioSocket connection never came
             heard = Heard("no_audio", source="audiosocket")
+        elif run.exception() is not None:
+            log.error("call %s: recognition failed: %r", self.chan.uniqueid, run.exception())
+            heard = Heard("no_audio", source="audiosocket")
+        else:
+            heard = run.result()
         if result.value == -1 and heard.reason not in LINK_FAILURES:
             await self.chan.channel_status()  # the answer was heard; is the caller still there?
         return heard
