@@ -345,14 +345,34 @@ class AudioStream:
                     await self._connected.wait()
             except TimeoutError:
                 return None
-        try:
-            async with asyncio.timeout(timeout):
-                event = await self._events.get()
-        except TimeoutError:
-            return None
+        if not self._events.empty():  # frames already queued: no timer needed (the common case under load)
+            event = self._events.get_nowait()
+        else:
+            try:
+                async with asyncio.timeout(timeout):
+                    event = await self._events.get()
+            except TimeoutError:
+                late = await self._late_event()
+                if late is None:
+                    return None
+                event = late
         if isinstance(event, Hangup):
             self._ended = True
         return event
+
+    async def _late_event(self) -> StreamEvent | None:
+        """An event that arrived as the timer expired, or None for a true gap.
+
+        A process that was not scheduled for a while (a loaded machine) wakes
+        up to an expired timer *and* frames waiting in the socket. Letting the
+        reader task run first keeps those frames from being taken for a
+        silent gap (which would put silence into the middle of a word).
+        """
+        for _ in range(3):
+            await asyncio.sleep(0)
+            if not self._events.empty():
+                return self._events.get_nowait()
+        return None
 
     def __aiter__(self) -> AsyncIterator[StreamEvent]:
         return self._iterate()

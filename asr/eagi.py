@@ -150,10 +150,18 @@ class EagiAudioSource:
             raise RuntimeError("EagiAudioSource.start() has not been called")
         if self._eof and self._queue.empty():
             return _EOF
+        if not self._queue.empty():
+            return self._queue.get_nowait()
         try:
             async with asyncio.timeout(timeout):
                 return await self._queue.get()
         except TimeoutError:
+            # Frames the reader thread posted just as the timer expired (a starved
+            # process) are not a silent gap: let their callbacks run first.
+            for _ in range(3):
+                await asyncio.sleep(0)
+                if not self._queue.empty():
+                    return self._queue.get_nowait()
             return None
 
     def stop(self) -> None:

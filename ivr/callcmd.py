@@ -59,9 +59,44 @@ def print_result(result: dict[str, Any], as_json: bool) -> None:
             print(f"reason:  {result['reason']}")
 
 
+def _speech_answers(args: argparse.Namespace) -> list[str]:
+    """``--say`` / ``--audio`` as ``say:`` / ``wav:`` tokens, in the order given."""
+    return list(getattr(args, "spoken", None) or [])
+
+
+def _sim_speech(args: argparse.Namespace):
+    """The simulator's ears: models from --asr-model, else the settings' asr_models."""
+    from ivr.config import ConfigError, load_config
+    from ivr.speech import SimSpeech, SpeechService
+
+    overrides: dict[str, Any] = {}
+    if getattr(args, "asr_model", None):
+        models = {}
+        for item in args.asr_model:
+            lang, sep, location = item.partition("=")
+            if not sep or not lang or not location:
+                raise ConfigError(f"--asr-model wants LANG=MODEL, got {item!r}")
+            models[lang] = location
+        overrides["asr_models"] = models
+    config = load_config(getattr(args, "config", None), overrides)
+    if not config.asr_models:
+        return SimSpeech(None)
+    service = SpeechService.from_config(config)
+    return SimSpeech(service)
+
+
 async def run_call(args: argparse.Namespace) -> int:
     if args.agi:
         return await _run_via_agi(args)
+    from ivr.config import ConfigError
+
+    try:
+        keys = parse_keys(args.keys) if args.keys is not None else None
+        spoken = _speech_answers(args)
+        speech = _sim_speech(args)
+    except (ConfigError, ValueError) as exc:
+        print(f"ivr call: {exc}", file=sys.stderr)
+        return 2
     path = Path(args.flow)
     registry = FlowRegistry(directory=path.parent, files=[]) if path.exists() else FlowRegistry()
     registry.reload()
@@ -79,8 +114,8 @@ async def run_call(args: argparse.Namespace) -> int:
     engine = Engine(registry.get)
     store = await TrailStore.open(args.database_url or DEFAULT_DB)
     lookups = LookupRunner()
-    face = SimFace(parse_keys(args.keys) if args.keys is not None else None, quiet=args.json,
-                   transfer_status=args.transfer, out=sys.stderr if args.json else sys.stdout)
+    face = SimFace(keys, quiet=args.json, transfer_status=args.transfer,
+                   out=sys.stderr if args.json else sys.stdout, speech=speech, spoken=spoken)
     try:
         async with contextlib.AsyncExitStack() as stack:
             backend = args.backend_url or await stack.enter_async_context(demo_backend())
@@ -91,6 +126,8 @@ async def run_call(args: argparse.Namespace) -> int:
     finally:
         await lookups.close()
         await store.close()
+        if speech.service is not None:
+            await speech.service.close()
     print_result(result.to_dict(), args.json)
     return 0
 
@@ -99,11 +136,23 @@ async def _run_via_agi(args: argparse.Namespace) -> int:
     from ivr.testing.callers import SimLikeCaller
     from ivr.testing.fake_asterisk import SILENCE, FakeAsterisk
 
+    from ivr.testing.fake_asterisk import Speak
+
     host, _, port = args.agi.rpartition(":")
     flow_id = Path(args.flow).stem
-    script = []
-    for token in parse_keys(args.keys or ""):
-        script.append(SILENCE if token in ("-", "_", "silence") else token)
+    script: list[Any] = []
+    try:
+        tokens = parse_keys(args.keys or "") + _speech_answers(args)
+        for token in tokens:
+            if token.startswith("say:"):
+                raise ValueError("say: answers need the simulator (without --agi); use wav:FILE with --agi")
+            if token.startswith("wav:"):
+                script.append(Speak.wav(token[4:]))  # streamed over AudioSocket in real time
+            else:
+                script.append(SILENCE if token in ("-", "_", "silence") else token)
+    except Exception as exc:  # a bad token or an unreadable recording
+        print(f"ivr call: {exc}", file=sys.stderr)
+        return 2
     query = f"?lang={args.lang}" if args.lang else ""
     fake = FakeAsterisk(host or "127.0.0.1", int(port), inputs=SimLikeCaller(script),
                         script=f"{flow_id}{query}", callerid=args.caller, dnid=args.dialed, idle_timeout=60)

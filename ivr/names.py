@@ -21,6 +21,7 @@ CONTEXT_FALLBACK = "ivr-fallback"     # AGI failed: straight to an agent queue
 CONTEXT_QUEUE = "ivr-queue"           # a live call moved to a queue (AMI Redirect)
 CONTEXT_CALLBACK = "ivr-callback"     # callbacks originate into this context
 CONTEXT_AGENTS = "ivr-agents"         # agent interfaces (Local/NAME@ivr-agents)
+CONTEXT_SERVICE_EAGI = "ivr-service-eagi"  # process AGI with speech: EAGI(ivr_eagi.py,...)
 
 # Default queue a call lands in when the flow or the server fails.
 FALLBACK_QUEUE = "support"
@@ -41,6 +42,10 @@ SOUNDS_SUBDIR = "ivr"
 # error, noflow. The dialplan sends "error" and "noflow" (and an AGI that
 # could not reach the server at all: AGISTATUS=FAILURE) to CONTEXT_FALLBACK.
 VAR_RESULT = "IVR_RESULT"
+
+# Asterisk modules speech needs (asterisk_conf/modules.conf): AudioSocket for
+# FastAGI calls (the app and its resource), res_agi for AGI/EAGI itself.
+SPEECH_MODULES = ("res_agi.so", "res_audiosocket.so", "app_audiosocket.so")
 
 # Asterisk's own variables read after Queue().
 VAR_QUEUESTATUS = "QUEUESTATUS"

@@ -73,9 +73,28 @@ async def _pipe_streams(stdin: BinaryIO, stdout: BinaryIO) -> tuple[asyncio.Stre
 
 
 async def run_process_agi(env: dict[str, str], stdin: BinaryIO, stdout: BinaryIO, *,
-                          config_path: str | None = None) -> str:
-    """Run one call over stdin/stdout; return its outcome."""
+                          config_path: str | None = None, voice_hooks: dict[str, Any] | None = None) -> str:
+    """Run one call over stdin/stdout; return its outcome.
+
+    ``voice_hooks`` go to the voice face (``speech``, ``record_dir`` ...); by
+    default recordings are written under ``record_dir`` and transcribed when
+    a speech model is configured, and questions take keys.
+    """
     config = load_config(config_path or os.environ.get("IVR_CONFIG"))
+    service = None
+    if voice_hooks is None:
+        from ivr.speech import agi_hooks
+
+        voice_hooks, service = agi_hooks(config)
+    try:
+        return await _run(env, stdin, stdout, config, voice_hooks)
+    finally:
+        if service is not None:
+            await service.close()
+
+
+async def _run(env: dict[str, str], stdin: BinaryIO, stdout: BinaryIO, config: Any,
+               voice_hooks: dict[str, Any]) -> str:
     registry = FlowRegistry(config.flows_dir)
     registry.reload()
     reader, writer = await _pipe_streams(stdin, stdout)
@@ -103,7 +122,8 @@ async def run_process_agi(env: dict[str, str], stdin: BinaryIO, stdout: BinaryIO
         except AgiError:
             await chan.close()
             return "hangup"
-        result = await driver.run(VoiceFace(chan, sounds_prefix=config.sounds_prefix), flow, context)
+        face = VoiceFace(chan, sounds_prefix=config.sounds_prefix, **voice_hooks)
+        result = await driver.run(face, flow, context)
         return result.outcome
     finally:
         await lookups.close()

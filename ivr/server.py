@@ -45,6 +45,7 @@ EXTENSION_MODULES: list[str] = [
     "ivr.handoff.ext",
     "callback.ext",
     "visual_ivr.desk",
+    "ivr.speech",
     "ivr.prompts.runtime",
     "visual_ivr.extension",
     "ivr.ops.web",

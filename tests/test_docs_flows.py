@@ -119,7 +119,8 @@ def _complete(doc: dict[str, Any]) -> dict[str, Any]:
                 wanted_prompts += _prompt_ids(value)
         wanted_nodes += [target for _, target in node.targets()]
     settings = doc.get("settings") or {}
-    wanted_prompts += [settings[k] for k in ("noinput_prompt", "nomatch_prompt") if settings.get(k)]
+    wanted_prompts += [settings[k] for k in ("noinput_prompt", "nomatch_prompt", "confirm_prompt", "keypad_prompt")
+                       if settings.get(k)]
     wanted_nodes += [t for t in (settings.get("global_keys") or {}).values() if t not in SPECIAL_TARGETS]
     if settings.get("failure"):
         wanted_nodes.append(settings["failure"])

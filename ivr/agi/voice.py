@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
+import os
+import time
+import wave
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qsl
 
 from ivr import names
 from ivr.agi.channel import AgiChannel
-from ivr.agi.protocol import AgiError, AgiFileMissing, AgiHangup
-from ivr.engine import Expect, Input, PromptOut
+from ivr.agi.protocol import AgiError, AgiFileMissing, AgiHangup, token
+from ivr.engine import Expect, Input, Listen, PromptOut
+from ivr.hearing import LINK_FAILURES, Heard, SpeechPort, SpeechTurn, with_speech
 from ivr.session import CallerGone, SessionInfo
 
 log = logging.getLogger("ivr.voice")
@@ -73,11 +79,16 @@ class VoiceFace:
     channel = "voice"
 
     def __init__(self, chan: AgiChannel, *, sounds_prefix: str = names.SOUNDS_SUBDIR,
-                 prompt_files: PromptFiles | None = None, on_missing: MissingPrompt | None = None):
+                 prompt_files: PromptFiles | None = None, on_missing: MissingPrompt | None = None,
+                 speech: SpeechPort | None = None, record_dir: str | None = None):
         self.chan = chan
         self.sounds_prefix = sounds_prefix
         self._prompt_files = prompt_files
         self._on_missing = on_missing
+        # Speech (see ivr.speech): questions with Expect.listen are answered by
+        # voice when a recogniser is free; RECORD FILE writes under record_dir.
+        self.speech = speech
+        self.record_dir = record_dir
         self.moved = False  # set when the server itself moved the call (AMI Redirect)
 
     # ---- prompts
@@ -114,6 +125,8 @@ class VoiceFace:
 
     async def collect(self, prompts: list[PromptOut], expect: Expect) -> Input:
         try:
+            if expect.listen is not None or expect.kind == "speech":
+                return await self._collect_spoken(prompts, expect)
             if expect.kind == "choice":
                 return await self._collect_choice(prompts, expect)
             return await self._collect_digits(prompts, expect)
@@ -128,6 +141,137 @@ class VoiceFace:
                 return Input.dtmf(key)
         key = await self.chan.wait_for_digit(int(expect.timeout * 1000))
         return Input.dtmf(key) if key else Input.noinput()
+
+    # ---- speech
+    async def _collect_spoken(self, prompts: list[PromptOut], expect: Expect) -> Input:
+        """A question that may be answered by voice; keys keep working throughout.
+
+        With a free recogniser: register the call with the AudioSocket server,
+        play the prompts (a key ends them and is the answer), then ``EXEC
+        AudioSocket`` while the recogniser consumes the caller's audio; the
+        server ends the socket when the answer is final or time is up. When
+        no recogniser is free the question takes keys, with a prompt saying
+        so; an audio link that fails does the same.
+        """
+        listen = expect.listen
+        turn: SpeechTurn | str = "unavailable"
+        if listen is not None and self.speech is not None:
+            turn = self.speech.open(listen)
+        if isinstance(turn, str):
+            heard = Heard(turn)
+            if not expect.choices:  # nothing to press: the node decides (e.g. ask -> no_speech)
+                await self.present(prompts)
+                return heard.to_input()
+            if turn == "unavailable":  # no model for this language: speech is simply off
+                return await self._collect_choice(prompts, expect)
+            extra = list(listen.keypad) if listen is not None else []
+            return with_speech(await self._collect_choice([*prompts, *extra], expect), heard)
+        assert listen is not None
+        try:
+            for p in [*prompts, *listen.hint]:
+                key = await self._play(p, expect.keys)
+                if key:
+                    return Input.dtmf(key)
+            if turn.transport == "eagi":
+                heard = await self._listen_eagi(turn)
+            else:
+                heard = await self._listen_audiosocket(turn, listen)
+        finally:
+            await turn.close()
+        if heard.reason in LINK_FAILURES:
+            if self.chan.hung_up:
+                raise AgiHangup(self.chan.hangup_reason or "eof")
+            await self.chan.channel_status()  # raises AgiHangup when the caller is gone
+            log.warning("call %s: speech audio link failed (%s); taking keys", self.chan.uniqueid, heard.reason)
+            if not expect.choices:
+                return heard.to_input()
+            return with_speech(await self._collect_choice(list(listen.keypad), expect), heard)
+        return heard.to_input()
+
+    async def _listen_audiosocket(self, turn: SpeechTurn, listen: Listen) -> Heard:
+        assert turn.exec_argument is not None and self.speech is not None
+        run = asyncio.create_task(turn.run())
+        budget = (listen.no_input_ms or 10_000) + (listen.max_speech_ms or 30_000)
+        limit = self.speech.connect_timeout + budget / 1000 + 10
+        try:
+            # EXEC AudioSocket returns when we send kind 0x00 (result final or
+            # time is up), when the caller hangs up, or at once when Asterisk
+            # cannot reach us. Not chan.exec(): -1 here need not be a hang-up.
+            result = await self.chan.command("EXEC", "AudioSocket", token(turn.exec_argument), timeout=limit)
+        except BaseException:
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+            raise
+        if result.value == -2:
+            log.error("Asterisk has no AudioSocket application: load app_audiosocket (see docs/asterisk.md)")
+        if not run.done():
+            if turn.connected:
+                await asyncio.wait([run], timeout=2.0)
+            run.cancel()
+            await asyncio.wait([run])
+        if run.cancelled():  # the AudioSocket connection never came
+            heard = Heard("no_audio", source="audiosocket")
+        elif run.exception() is not None:
+            log.error("call %s: recognition failed: %r", self.chan.uniqueid, run.exception())
+            heard = Heard("no_audio", source="audiosocket")
+        else:
+            heard = run.result()
+        if result.value == -1 and heard.reason not in LINK_FAILURES:
+            await self.chan.channel_status()  # the answer was heard; is the caller still there?
+        return heard
+
+    async def _listen_eagi(self, turn: SpeechTurn) -> Heard:
+        """EAGI: audio arrives on fd 3 while short WAIT FOR DIGITs keep keys working."""
+        run = asyncio.create_task(turn.run())
+        try:
+            while not run.done():
+                key = await self.chan.wait_for_digit(200)
+                if key:
+                    turn.dtmf(key)
+                    break
+            return await run
+        except BaseException:
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+            raise
+
+    # ---- recording
+    async def record(self, params: dict[str, Any], session: SessionInfo) -> dict[str, Any]:
+        """``RECORD FILE`` a message under ``record_dir``, then transcribe it (the ``record`` action)."""
+        if not self.record_dir:
+            return {"status": "unsupported", "reason": "no record_dir configured"}
+        os.makedirs(self.record_dir, exist_ok=True)
+        base = os.path.join(self.record_dir, f"{session.id}-{params.get('name', 'record')}-{int(time.time())}")
+        status = "recorded"
+        endpos = 0
+        key = None
+        try:
+            rec = await self.chan.record_file(
+                base, "wav", str(params.get("terminator") or "#"), int(params.get("max_seconds") or 60) * 1000,
+                beep=bool(params.get("beep", True)), silence_s=int(params.get("silence_s") or 0) or None,
+            )
+            endpos, key = rec.endpos, rec.digit
+        except AgiHangup:
+            status = "hangup"  # a voicemail often ends with the caller hanging up: keep the message
+        except AgiError as exc:
+            return {"status": "failed", "reason": str(exc)}
+        path = base + ".wav"
+        seconds = _wav_seconds(path)
+        if seconds is None:
+            seconds = round(endpos / 8000, 2) if endpos else 0.0
+            if not os.path.exists(path):
+                return {"status": "hangup" if status == "hangup" else "empty", "file": None, "seconds": 0.0,
+                        "transcript": None, "reason": "no file written"}
+        if status == "recorded" and seconds < 0.3:
+            status = "empty"
+        out: dict[str, Any] = {"status": status, "file": path, "seconds": seconds, "key": key,
+                               "transcript": None, "confidence": None}
+        if params.get("transcribe", True) and status != "empty":
+            if self.speech is None:
+                out["reason"] = "speech recognition is off"
+            else:
+                out.update(await self.speech.transcribe(path, str(params.get("lang") or "")))
+        return out
 
     async def _collect_digits(self, prompts: list[PromptOut], expect: Expect) -> Input:
         timeout_ms = int(expect.timeout * 1000)
@@ -256,6 +400,14 @@ def _dialplan_word(value: str, allow: str = "-_.") -> str:
     if not cleaned:
         raise ValueError(f"{value!r} is not a usable queue or dial target")
     return cleaned
+
+
+def _wav_seconds(path: str) -> float | None:
+    """Duration of a WAV file, None when it cannot be read."""
+    with contextlib.suppress(OSError, wave.Error, EOFError):
+        with wave.open(path, "rb") as wav:
+            return round(wav.getnframes() / float(wav.getframerate() or 8000), 2)
+    return None
 
 
 def _int(value: str | None) -> int | None:

@@ -2,7 +2,7 @@
 
 from ivr.engine.context import EngineError
 from ivr.engine.core import Engine, advance, public_state, start
-from ivr.engine.types import Action, Choice, Event, Expect, Input, PromptOut, Turn
+from ivr.engine.types import Action, Choice, Event, Expect, Input, Listen, PromptOut, Turn
 
 __all__ = ["Engine", "EngineError", "start", "advance", "public_state", "Action", "Choice", "Event", "Expect",
-           "Input", "PromptOut", "Turn"]
+           "Input", "Listen", "PromptOut", "Turn"]

@@ -105,7 +105,8 @@ class Ctx:
         return expr.evaluate(expression, scope)
 
     # ---- prompts
-    def play(self, prompt_ids: tuple[str, ...] | list[str], *, barge_in: bool = True) -> None:
+    def play(self, prompt_ids: tuple[str, ...] | list[str], *, barge_in: bool = True, **extra: Any) -> None:
+        """Present catalogue prompts; ``extra`` adds template variables (e.g. ``heard``)."""
         for pid in prompt_ids:
             pdef = self.flow.prompts.get(pid)
             if pdef is None:
@@ -114,7 +115,7 @@ class Ctx:
             raw = texts.get(self.lang) or texts.get(self.flow.default_language) or ""
             dynamic = expr.is_template(raw)
             try:
-                text = self.render(raw) if dynamic else raw
+                text = self.render(raw, **extra) if dynamic else raw
             except expr.ExprError as exc:
                 self.emit("error", where=f"prompt {pid}", message=str(exc))
                 text = ""

@@ -25,6 +25,9 @@ class Input:
     value: Any = None
     confidence: float = 1.0
     utterance: str | None = None
+    #: What the face knows beyond the answer, e.g. ``{"speech": {...}}``: how a
+    #: recognition went (reason, grammar hits, latency) or why speech was not used.
+    detail: dict[str, Any] | None = None
 
     @classmethod
     def dtmf(cls, digits: str) -> "Input":
@@ -79,16 +82,44 @@ class Choice:
 
 
 @dataclass(frozen=True)
+class Listen:
+    """How a face listens for a spoken answer (``Expect.listen``).
+
+    ``grammar`` pairs each answer value with the phrases that select it in
+    ``lang`` (recognition is limited to them; anything else is no match); an
+    empty grammar means free speech. Times are milliseconds (None: the
+    server's defaults). ``hint`` prompts are said only when the caller can
+    answer by voice ("or just say 'billing'"); ``keypad`` prompts when speech
+    cannot be used right now and the question takes keys instead.
+    """
+
+    lang: str
+    grammar: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    no_input_ms: int | None = None
+    end_silence_ms: int | None = None
+    max_speech_ms: int | None = None
+    hint: tuple[PromptOut, ...] = ()
+    keypad: tuple[PromptOut, ...] = ()
+
+    @property
+    def free(self) -> bool:
+        """True for free speech (no grammar)."""
+        return not self.grammar
+
+
+@dataclass(frozen=True)
 class Expect:
     """What the engine waits for.
 
     kind ``choice``: one key (or tap, or spoken keyword) among ``choices``;
     kind ``digits``: a digit string of ``min_length``..``max_length``;
+    kind ``speech``: a free spoken answer (typed text on a screen), no keys;
     kind ``result``: the result of the single pending action (no caller input).
     ``global_keys`` are the flow-level keys active here (key -> meaning).
+    ``listen`` says how to listen when the answer may be spoken.
     """
 
-    kind: Literal["choice", "digits", "result"]
+    kind: Literal["choice", "digits", "speech", "result"]
     node: str
     timeout: float = 5.0
     choices: tuple[Choice, ...] = ()
@@ -99,6 +130,7 @@ class Expect:
     mask: bool = False
     speech: bool = False
     attempt: int = 1
+    listen: Listen | None = None
 
     @property
     def keys(self) -> str:
@@ -107,6 +139,8 @@ class Expect:
             return "".join(dict.fromkeys([c.key for c in self.choices] + list(self.global_keys)))
         if self.kind == "digits":
             return "0123456789*#"
+        if self.kind == "speech":
+            return "".join(self.global_keys)
         return ""
 
 

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import ivr.flow.nodes  # noqa: F401  (registers the built-in node types)
+import ivr.flow.speech_nodes  # noqa: F401  (registers ask and record)
 from ivr.flow import expr
 from ivr.flow.model import ID_RE, LANG_RE, NODE_TYPES, Flow, Node, PromptDef, Settings, Text
 from ivr.flow.yamlsrc import Pos, Source, YamlError
@@ -195,7 +196,7 @@ def load_flow_text(data: bytes | str, path: str = "<flow>", *,
             else:
                 fields[fname] = _prompt_refs(col, prompts, languages, node_id, (fname,), value)
         node_prompts[node_id] = fields
-    for sname in ("noinput_prompt", "nomatch_prompt"):
+    for sname in ("noinput_prompt", "nomatch_prompt", "confirm_prompt", "keypad_prompt"):
         pid = getattr(settings, sname)
         if pid and pid not in prompts:
             col.add(("settings", sname), f"unknown prompt '{pid}'")

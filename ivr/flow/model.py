@@ -74,6 +74,8 @@ class Settings(Strict):
     )
     noinput_prompt: str | None = Field(None, description="prompt id played before a re-prompt after silence")
     nomatch_prompt: str | None = Field(None, description="prompt id played before a re-prompt after a wrong key")
+    confirm_prompt: str | None = Field(None, description="prompt id asking to confirm a doubtful spoken answer ({{ heard }})")
+    keypad_prompt: str | None = Field(None, description="prompt id said when speech cannot be used and keys are taken")
     failure: NodeId | None = Field(None, description="default node when tries are exhausted")
     agent_language: str | None = Field(None, description="language of handoff summaries (default: default_language)")
     currency: str = Field("CNY", description="default currency of the money filter (CNY, USD, EUR ...)")

@@ -13,6 +13,7 @@ from ivr.engine.context import Ctx, End, Goto, Transition, Wait, WaitAction
 from ivr.engine.types import Action, Choice, Expect, Input
 from ivr.flow import expr
 from ivr.flow.checksums import CHECKSUMS
+from ivr.flow.listen import SPEECH_PROMPT_FIELDS, Listening
 from ivr.flow.model import (
     Key,
     Node,
@@ -186,12 +187,25 @@ class MenuChoice(Strict):
 
 
 @register_node
-class MenuNode(InputNode):
+class MenuNode(Listening, InputNode):
     """Choices by key, spoken keyword or tap."""
 
     type: Literal["menu"] = "menu"
     choices: list[MenuChoice] = Field(min_length=1)
     speech: bool = Field(False, description="also listen for the choices' keywords")
+    prompt_fields: ClassVar = InputNode.prompt_fields + SPEECH_PROMPT_FIELDS
+
+    def grammar(self, ctx: Ctx) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        return tuple((ch.key, tuple(ch.keywords[ctx.lang])) for ch in self.choices if ch.keywords.get(ctx.lang))
+
+    def phrase_owners(self):
+        return ((f"choice {ch.key!r}", ch.keywords) for ch in self.choices)
+
+    def heard_label(self, ctx: Ctx, value: Any, utterance: str | None) -> str:
+        for ch in self.choices:
+            if ch.key == value:
+                return ctx.flow.text(ch.label, ctx.lang)
+        return super().heard_label(ctx, value, utterance)
 
     def targets(self):
         yield from super().targets()
@@ -226,6 +240,7 @@ class MenuNode(InputNode):
             global_keys=tuple(k for k in self.active_global_keys(ctx) if k not in {c.key for c in choices}),
             speech=self.speech,
             attempt=ctx.state.get("attempt", 1),
+            listen=self.listen_for(ctx) if self.speech and self.grammar(ctx) else None,
         )
 
     def handle(self, ctx: Ctx, inp: Input) -> Transition:

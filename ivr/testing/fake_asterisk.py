@@ -50,6 +50,7 @@ __all__ = [
     "CALLER_HANGUP",
     "SILENCE",
     "AppOutcome",
+    "Speak",
     "Caller",
     "FakeAsterisk",
     "FakeCallResult",
@@ -106,7 +107,46 @@ SILENCE: Final = _Marker("SILENCE")
 #: The caller hangs up during the next command that plays or waits for input.
 CALLER_HANGUP: Final = _Marker("CALLER_HANGUP")
 
-Input = str | _Marker
+
+
+@dataclass(frozen=True)
+class Speak:
+    """The caller talks: ``pcm`` (8 kHz mono s16le) heard by whatever listens next.
+
+    ``EXEC AudioSocket`` streams it to the AudioSocket server named in its
+    argument, in 20 ms frames paced at ``speed`` × real time, then silence
+    until the server hangs up the socket; ``dtmf`` is pressed after
+    ``dtmf_at_ms`` of audio; ``hangup_at_ms`` hangs up the call there.
+    ``continuous=False`` sends no frames during silence (a Local channel).
+    ``RECORD FILE`` writes the audio as the recording. A prompt or key
+    command that hears it takes it as silence.
+    """
+
+    pcm: bytes
+    speed: float | None = 1.0
+    dtmf: str | None = None
+    dtmf_at_ms: float = 0.0
+    hangup_at_ms: float | None = None
+    continuous: bool = True
+    trailing_silence_ms: float = 3000.0
+
+    @classmethod
+    def wav(cls, path: str | Path, **options: Any) -> "Speak":
+        """The caller says what a WAV file holds (converted to 8 kHz mono)."""
+        from asr.wav import load_pcm
+
+        return cls(load_pcm(path), **options)
+
+    @classmethod
+    def silence(cls, ms: float = 0.0, **options: Any) -> "Speak":
+        """The caller listens silently (frames of silence, or none with ``continuous=False``)."""
+        return cls(bytes(int(ms * 16)), **options)
+
+    def __repr__(self) -> str:
+        return f"Speak({len(self.pcm) / 16:.0f} ms)"
+
+
+Input = str | _Marker | Speak
 
 
 @dataclass(frozen=True)
@@ -155,8 +195,8 @@ class ScriptedCaller(Caller):
                 bad = set(item) - set(DTMF_KEYS)
                 if bad:
                     raise ValueError(f"not DTMF keys in caller input {item!r}: {''.join(sorted(bad))!r}")
-            elif item is not SILENCE and item is not CALLER_HANGUP:
-                raise ValueError(f"caller inputs are key strings, SILENCE or CALLER_HANGUP, not {item!r}")
+            elif item is not SILENCE and item is not CALLER_HANGUP and not isinstance(item, Speak):
+                raise ValueError(f"caller inputs are key strings, SILENCE, CALLER_HANGUP or Speak, not {item!r}")
         self._items: deque[Input] = deque(item for item in items if item != "")
         self.hangup_when_done = hangup_when_done
 
@@ -229,11 +269,13 @@ def _set(args: str) -> AppOutcome:
 
 
 _OK = AppOutcome(0)
+#: Marks the built-in AudioSocket behaviour (see ``FakeAsterisk._audiosocket``).
+_AUDIOSOCKET = AppOutcome(0)
 
 #: Applications the fake knows, by lower-case name; any other is ``result=-2``.
 DEFAULT_APPS: Final[Mapping[str, AppHandler]] = {
     "answer": _OK,
-    "audiosocket": _OK,
+    "audiosocket": _AUDIOSOCKET,
     "background": _OK,
     "dial": _dial,
     "hangup": AppOutcome(-1, hangup=True),
@@ -514,6 +556,9 @@ class FakeAsterisk:
         self._last_write = 0.0
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        #: WAV files written by RECORD FILE, and what each AudioSocket connection saw.
+        self.recordings: list[str] = []
+        self.audiosocket_reports: list[Any] = []
 
     @classmethod
     def replay(
@@ -549,11 +594,15 @@ class FakeAsterisk:
 
     async def run(self) -> FakeCallResult:
         """Connect, play the call, and return what happened."""
-        started = time.perf_counter()
-        self._reader, writer = await asyncio.wait_for(
+        reader, writer = await asyncio.wait_for(
             asyncio.open_connection(self.host, self.port, limit=1 << 20), self.connect_timeout
         )
-        self._writer = writer
+        return await self.run_over(reader, writer)
+
+    async def run_over(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> FakeCallResult:
+        """Play the call over given streams: a process-AGI script's stdout and stdin, say."""
+        started = time.perf_counter()
+        self._reader, self._writer = reader, writer
         try:
             block = "".join(f"{line}\n" for line in self.env_lines) + "\n"
             await self._write(block.encode("utf-8"))
@@ -788,7 +837,7 @@ class FakeAsterisk:
             if key is None:
                 return [f"200 result={digits} (timeout)"]
             self.caller.take()
-            if key is SILENCE:
+            if key is SILENCE or isinstance(key, Speak):
                 return [f"200 result={digits} (timeout)"]
             if key is CALLER_HANGUP:
                 self._hang_up("caller")
@@ -808,7 +857,7 @@ class FakeAsterisk:
         if key is None:
             return ["200 result=0"]
         self.caller.take()
-        if key is SILENCE:
+        if key is SILENCE or isinstance(key, Speak):
             return ["200 result=0"]
         if key is CALLER_HANGUP:
             self._hang_up("caller")
@@ -842,6 +891,9 @@ class FakeAsterisk:
             return ["200 result=-1 (hangup) endpos=0"]
         await self._pause()
         key = await self._key(InputRequest("RECORD FILE", argv[2], digits, int(argv[5])))
+        if isinstance(key, Speak):
+            self.caller.take()
+            return await self._record_speech(argv[2], argv[3], digits, key)
         if key is CALLER_HANGUP:
             self.caller.take()
             self._hang_up("caller")
@@ -852,6 +904,63 @@ class FakeAsterisk:
         if key is SILENCE:
             self.caller.take()
         return ["200 result=0 (timeout) endpos=0"]
+
+    async def _record_speech(self, path: str, fmt: str, digits: str, speech: Speak) -> list[str]:
+        """RECORD FILE of what the caller says: a real WAV file at ``path.fmt``."""
+        pcm = speech.pcm
+        if speech.hangup_at_ms is not None:
+            pcm = pcm[: int(speech.hangup_at_ms * 16) // 2 * 2]
+        if speech.speed:
+            await asyncio.sleep(len(pcm) / 16000 / speech.speed)
+        if fmt.lower() in ("wav", "wav16"):
+            import wave
+
+            with wave.open(f"{path}.{fmt}", "wb") as out:
+                out.setnchannels(1)
+                out.setsampwidth(2)
+                out.setframerate(16000 if fmt.lower() == "wav16" else 8000)
+                out.writeframes(pcm)
+        self.recordings.append(f"{path}.{fmt}")
+        endpos = len(pcm) // 2
+        if speech.hangup_at_ms is not None:
+            self._hang_up("caller")
+            return [f"200 result=-1 (hangup) endpos={endpos}"]
+        if speech.dtmf and speech.dtmf in digits:
+            return [f"200 result={ord(speech.dtmf)} (dtmf) endpos={endpos}"]
+        return [f"200 result=0 (timeout) endpos={endpos}"]
+
+    async def _audiosocket(self, args: str) -> AppOutcome:
+        """``AudioSocket(uuid,host:port)``: connect like Asterisk and stream the caller.
+
+        The caller's next input decides: :class:`Speak` streams its audio (then
+        silence until the server sends kind 0x00), SILENCE streams silence, a
+        key is sent as a DTMF frame, CALLER_HANGUP hangs up on the socket and
+        the call. Nothing scripted: return at once without connecting.
+        """
+        from asr.testing import FakeAudioSocketClient
+
+        uuid_text, _, address = args.partition(",")
+        host, _, port = address.rpartition(":")
+        key = await self._key(InputRequest("EXEC AudioSocket", None, DTMF_KEYS))
+        if key is None:
+            return AppOutcome(0)
+        self.caller.take()
+        client = FakeAudioSocketClient(host.strip("[]") or "127.0.0.1", int(port), uuid_text)
+        if isinstance(key, Speak):
+            report = await client.run(key.pcm, speed=key.speed, dtmf=key.dtmf, dtmf_at_ms=key.dtmf_at_ms,
+                                      hangup_at_ms=key.hangup_at_ms, continuous=key.continuous,
+                                      trailing_silence_ms=key.trailing_silence_ms)
+        elif key is CALLER_HANGUP:
+            report = await client.run(b"", hangup_at_ms=0)
+        elif key is SILENCE:
+            report = await client.run(b"", trailing_silence_ms=60_000)
+        else:
+            report = await client.run(b"", dtmf=str(key), trailing_silence_ms=5000)
+        self.audiosocket_reports.append(report)
+        if report.hung_up:
+            self._hang_up("caller")
+            return AppOutcome(-1)
+        return AppOutcome(0)
 
     async def _set_variable(self, argv: list[str], hang_now: bool) -> list[str]:
         if len(argv) != 4:
@@ -880,6 +989,8 @@ class FakeAsterisk:
         handler = self.apps.get(app.lower())
         if handler is None:
             return ["200 result=-2"]
+        if handler is _AUDIOSOCKET:
+            handler = self._audiosocket
         self._result.executed.append((app, args))
         if self._dead:
             return ["200 result=-1"]
