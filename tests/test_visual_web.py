@@ -341,3 +341,48 @@ async def test_a_refused_callback_is_shown_and_the_session_goes_on(app, monkeypa
     call.caller.hang_up()
     session, _ = await call.session()
     assert session["outcome"] == "hangup"
+
+
+ASK_FLOW = """
+id: askweb
+title: {zh-CN: 故障描述, en-US: Fault description}
+languages: [zh-CN, en-US]
+settings: {failure: bye}
+prompts:
+  sent: {zh-CN: 请看屏幕, en-US: Look at your screen}
+  describe: {zh-CN: 请描述故障, en-US: Describe the fault}
+  thanks: {zh-CN: "收到：{{ fault }}", en-US: "Noted: {{ fault }}"}
+start: send
+nodes:
+  send:
+    type: offer_visual
+    mode: send
+    sms: {zh-CN: "链接 {{ link }}", en-US: "Link {{ link }}"}
+    sent_prompt: sent
+    page: describe
+    next: describe
+  describe: {type: ask, label: {zh-CN: 故障描述, en-US: Fault}, prompt: describe, var: fault, next: thanks}
+  thanks: {type: say, prompt: thanks, next: bye}
+  bye: {type: hangup}
+"""
+
+
+async def test_free_spoken_answer_is_typed_on_the_page(app, flows_dir):
+    (flows_dir / "askweb.yaml").write_text(ASK_FLOW, encoding="utf-8")
+    app.registry.reload()
+    call = Call(app, [], script="askweb")
+    link = await call.link()
+    async with client() as phone:
+        status, html = await get(phone, link)
+        assert status == 200 and "<h1>故障描述</h1>" in html and 'name="action" value="text"' in html
+        assert 'inputmode="text"' in html and "请输入您的回答" in html
+        token = csrf(html)
+        status, html = await post(phone, link, {"action": "text", "value": "   ", "csrf": token})
+        assert status == 200 and 'role="alert"' in html and "<h1>故障描述</h1>" in html  # nothing consumed
+        status, html = await post(phone, link, {"action": "text", "value": "光猫红灯 <script>x</script>",
+                                                "csrf": token})
+        assert status == 200 and "收到：光猫红灯 &lt;script&gt;x&lt;/script&gt;" in html and "<script>x" not in html
+    session, events = await call.session()
+    ok = [e for e in events if e["kind"] == "input_ok" and e["node"] == "describe"]
+    assert [(e["channel"], e["data"]["value"], e["data"]["mode"]) for e in ok] == [
+        ("web", "光猫红灯 <script>x</script>", "text")]

@@ -16,6 +16,7 @@ TEXTS: dict[str, dict[str, str]] = {
     "err_chars": {"zh": "只能输入数字", "en": "Digits only, please"},
     "err_empty": {"zh": "请先输入再提交", "en": "Please enter something first"},
     "digits_hint": {"zh": "仅数字", "en": "Digits only"},
+    "free_text_hint": {"zh": "请输入您的回答", "en": "Type your answer"},
     "digits_hint_x": {"zh": "数字，最后一位可以是 X", "en": "Digits; the last one may be X"},
     "results": {"zh": "查询结果", "en": "Results"},
     "person_title": {"zh": "联系人工客服", "en": "Talk to a person"},

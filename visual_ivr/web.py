@@ -43,6 +43,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 TEXT_RE = re.compile(r"^[0-9Xx*# ]{0,64}$")
+FREE_TEXT_MAX = 200  # a typed answer where the phone takes a free spoken one
 
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / "templates")),
                           autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
@@ -191,6 +192,10 @@ def page_context(hub: VisualHub, ws: WebSession, token: str, csrf: str) -> tuple
         ctx["step"] = t("step_of", lang, i=node.step_index(_StateCtx(state)) + 1, n=len(node.steps))
     if ws.flash:
         ctx["error"] = _error_text(ws.flash, node, lang)
+    if expect is not None and expect.kind == "speech":
+        # a free spoken answer on the phone (ask without choices): typed here
+        ctx["digits"] = {"max": FREE_TEXT_MAX, "hint": t("free_text_hint", lang), "mode": "text"}
+        return "page.html", ctx
     if expect is not None and expect.kind == "digits":
         star_x = isinstance(node, InputDigitsNode) and node.star_as_x
         ctx["digits"] = {"max": expect.max_length, "hint": t("digits_hint_x" if star_x else "digits_hint", lang),
@@ -335,6 +340,12 @@ async def act(request: web.Request) -> web.StreamResponse:
             if value not in allowed:
                 raise PageError(400, "bad_request", lang)
             await hub.tap(ws, value)
+        elif action == "text" and turn.expect is not None and turn.expect.kind == "speech":
+            answer = " ".join(value.split())
+            if not answer or len(answer) > FREE_TEXT_MAX or not answer.isprintable():
+                ws.flash = "empty" if not answer else "chars"
+            else:
+                ws.flash = await hub.enter_text(ws, answer)
         elif action == "text":
             if turn.expect is None or turn.expect.kind != "digits":
                 raise PageError(400, "bad_request", lang)
