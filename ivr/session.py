@@ -81,6 +81,9 @@ class SessionInfo:
     caller: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)
+    #: merged into the data of every event the driver records for this face
+    #: (the visual IVR tags a page's steps with the link they happened on)
+    tags: dict[str, Any] = field(default_factory=dict)
 
     @property
     def summary(self) -> str:
@@ -128,13 +131,16 @@ class CallDriver:
         info.state = turn.state
         if not turn.events:
             return
-        dicts = [e.to_dict() for e in turn.events]
+        events = turn.events
+        if info.tags:
+            events = [Event(e.kind, e.node, {**e.data, **info.tags}) for e in events]
+        dicts = [e.to_dict() for e in events]
         for d in dicts:
             d["channel"] = channel
         info.events.extend(dicts)
         log_trail_events(dicts, channel)
         if self.store is not None:
-            self.store.append(info.id, turn.events, channel)
+            self.store.append(info.id, events, channel)
 
     async def run(self, face: Face, flow: Flow, context: dict[str, Any]) -> CallResult:
         bind_call(uniqueid=context.get("uniqueid"), session_id=context.get("session_id"))

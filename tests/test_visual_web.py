@@ -231,6 +231,10 @@ async def test_agent_push_of_a_guide_and_what_the_desk_sees(app):
             assert r.status == 404
         async with desk.post(base + "/push", data=b"{", headers=auth) as r:
             assert r.status == 400
+        # the balance menu is behind the verification branch: a push must not skip that check
+        async with desk.post(base + "/push", json={"session_id": sid, "node": "billing_menu"}, headers=auth) as r:
+            assert r.status == 400
+            assert "cannot be sent; one of: router_guide, main, fault, anything_else" in (await r.json())["error"]
         async with desk.post(base + "/push", json={"session_id": sid, "node": "router_guide", "language": "en-US"},
                              headers=auth) as r:
             assert r.status == 201
@@ -253,6 +257,98 @@ async def test_agent_push_of_a_guide_and_what_the_desk_sees(app):
     assert ("web_open", "router_guide") in web and ("guide_step", "router_guide") in web
     steps = [e["data"]["step"] for e in seen["events"] if e["kind"] == "guide_step"]
     assert steps == [1, 2]
+    # every web event of the page names its link
+    assert {e["data"].get("link") for e in seen["events"] if e["channel"] == "web" and e["kind"] != "web_push"} \
+        == {link_row["id"]}
+    panel = seen["push"]
+    # the page went on in English
+    assert panel["can_send"] and panel["to"] == "+86138****8000" and panel["language"] == "en-US"
+    assert [p["node"] for p in panel["pages"]] == ["router_guide", "main", "fault", "anything_else"]
+    (sent,) = panel["sent"]
+    assert sent["state"] == "opened" and sent["by"] == "desk" and sent["language"] == "en-US"
+    assert sent["steps"] == {"of": 4, "seen": [1, 2], "finished": False}
+    assert [a["text"] for a in sent["activity"]] == [
+        "opened the page / 打开了页面", "step 1 of 4 / 第1步（共4步）", "step 2 of 4 / 第2步（共4步）"]
+
+
+async def test_push_refusals_say_why(app):
+    from ivr.store.models import sessions_table
+
+    auth = {"Authorization": "Bearer desk-secret"}
+    base = f"http://127.0.0.1:{app.config.http_port}/api/visual"
+    landline = Call(app, ["1", "3", "1"], callerid="01062345678")
+    mobile = Call(app, ["1", "3", "1"])
+    landline_sid = (await landline.result()).variables["IVR_SESSION"]
+    mobile_sid = (await mobile.result()).variables["IVR_SESSION"]
+    async with aiohttp.ClientSession() as desk:
+        async with desk.post(base + "/push", json={"session_id": landline_sid, "node": "main"}, headers=auth) as r:
+            body = await r.json()
+            assert r.status == 400 and body["reason"] == "not_mobile"
+            assert body["reason_text"] == "the caller's number is not a mobile / 来电号码不是手机号码"
+        async with desk.get(f"{base}/sessions/{landline_sid}", headers=auth) as r:
+            panel = (await r.json())["push"]
+            assert panel["available"] and not panel["can_send"] and panel["why"] == "not_mobile"
+        async with app.store.engine.begin() as conn:  # a contact that ended two days ago
+            await conn.execute(update(sessions_table).where(sessions_table.c.id == mobile_sid).values(
+                ended_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=2)))
+        async with desk.post(base + "/push", json={"session_id": mobile_sid, "node": "main"}, headers=auth) as r:
+            body = await r.json()
+            assert r.status == 409 and body["reason"] == "too_old"
+        async with desk.get(f"{base}/sessions/..%2Fetc", headers=auth) as r:
+            assert r.status in (400, 404)
+    assert await app.driver.visual_hub.sms.outbox() == []
+
+
+async def test_signed_in_push_needs_csrf_and_an_offered_session(app):
+    from ivr.auth import AccountStore
+    from ivr.store.models_handoff import offers_table
+
+    from .handoff_util import DeskClient
+
+    call = Call(app, ["1", "3", "1"])
+    sid = (await call.result()).variables["IVR_SESSION"]
+    accounts = AccountStore(app.store.engine)
+    await accounts.create("carol", "carol-pass-1", interface="PJSIP/1003")
+    await accounts.create("dave", "dave-pass-12", interface="PJSIP/1004")
+    await accounts.create("sue", "sue-pass-123", role="supervisor")
+    async with app.store.engine.begin() as conn:  # the call was offered to carol's phone
+        await conn.execute(offers_table.insert().values(session_id=sid, interface="PJSIP/1003", kind="connect",
+                                                        at=dt.datetime.now(dt.timezone.utc)))
+    base = f"http://127.0.0.1:{app.config.http_port}"
+    clients = {name: DeskClient(base) for name in ("carol", "dave", "sue")}
+    try:
+        for name, password in (("carol", "carol-pass-1"), ("dave", "dave-pass-12"), ("sue", "sue-pass-123")):
+            await clients[name].login(name, password)
+            await clients[name].page()
+
+        async def push(name: str, node: str, csrf: str | None = "page") -> tuple[int, dict]:
+            c = clients[name]
+            headers = {} if csrf is None else {"X-CSRF-Token": c.csrf if csrf == "page" else csrf}
+            async with c.http.post(base + "/api/visual/push", json={"session_id": sid, "node": node},
+                                   headers=headers) as r:
+                return r.status, await r.json()
+
+        assert (await push("carol", "router_guide", None))[0] == 403  # no CSRF token
+        assert (await push("carol", "router_guide", clients["dave"].csrf))[0] == 403  # someone else's token
+        carol = clients["carol"]
+        async with carol.http.post(base + "/api/visual/push", headers={"X-CSRF-Token": carol.csrf},
+                                   json={"session_id": sid, "node": "main", "number": "13900139000"}) as r:
+            assert r.status == 403  # people text the caller's own number, never one typed in
+        status, body = await push("dave", "router_guide")
+        assert status == 403 and body["error"] == "that session was not offered to you"
+        async with clients["dave"].http.get(f"{base}/api/visual/sessions/{sid}") as r:
+            assert r.status == 403
+        status, body = await push("carol", "router_guide")
+        assert status == 201 and body["sms"]["status"] == "sent"
+        status, body = await push("sue", "fault")  # a supervisor may push to any session
+        assert status == 201
+        async with clients["carol"].http.get(f"{base}/api/visual/sessions/{sid}") as r:
+            sent = (await r.json())["push"]["sent"]
+        assert [(s["node"], s["by"], s["state"]) for s in sent] == [("fault", "sue", "texted"),
+                                                                     ("router_guide", "carol", "texted")]
+    finally:
+        for c in clients.values():
+            await c.close()
 
 
 async def test_callback_at_a_slot_then_cancelled(app):

@@ -34,7 +34,7 @@ from ivr.flow.model import Flow
 from ivr.flow.nodes import InputDigitsNode, LookupNode, TransferNode
 from ivr.session import CallDriver, CallerGone, Handover, SessionInfo
 from ivr.store.summary import build_summary
-from visual_ivr import callbacks
+from visual_ivr import callbacks, push
 from visual_ivr.links import LinkStore, load_secret
 from visual_ivr.nodes import ON_SCREEN, OfferVisualNode
 from visual_ivr.phone import classify, mask_number
@@ -107,6 +107,7 @@ class VisualHub:
         self.poll = cfg.visual_hold_poll
         self.sessions: dict[str, WebSession] = {}   # by link id
         self.calls: dict[str, WebSession] = {}      # by session id: the page of a call on hold
+        self._tasks: set[asyncio.Task[Any]] = set()  # desk notifications in flight
 
     # ------------------------------------------------------------ helpers
     @property
@@ -125,6 +126,8 @@ class VisualHub:
 
     def _append(self, session_id: str, kind: str, node: str | None, data: dict[str, Any], channel: str,
                 info: SessionInfo | None = None) -> None:
+        if info is not None and channel == "web" and info.tags:
+            data = {**data, **info.tags}
         event = Event(kind, node, data)
         self.store.append(session_id, [event], channel)
         if info is not None:
@@ -183,20 +186,24 @@ class VisualHub:
 
     async def push(self, session_id: str, *, node: str, agent: str, number: str | None = None,
                    language: str | None = None) -> tuple[int, dict[str, Any]]:
-        """An agent sends the caller a page of the flow (a node or a guide) by text."""
+        """An agent sends the caller a page of the flow (a guide or an open page,
+        see :func:`visual_ivr.push.sendable`) by text."""
         session = await self.store.get_session(session_id)
         if session is None:
             return 404, {"error": "no such session"}
-        state = session.get("state")
-        if not state:
-            return 409, {"error": "the session has no state to continue from yet"}
-        flow = self.flow_of(state)
-        if node not in flow.nodes:
-            return 400, {"error": f"node {node!r} is not in flow {flow.id}"}
-        region = next((n.region for n in flow.nodes.values() if isinstance(n, OfferVisualNode)), "CN")
-        line = classify(number or session.get("caller"), region)
-        if not line.is_mobile or not line.e164:
-            return 400, {"error": f"the number is not a mobile ({line.kind})"}
+        flow = push.flow_of(self.app, session)
+        why = push.refusal(session, flow, number)
+        if why in ("no_flow", "no_state", "too_old"):
+            return 409, {"error": push.REASONS[why][0], "reason": why, "reason_text": push.reason_text(why)}
+        assert flow is not None
+        pages = [p["node"] for p in push.sendable(flow)]
+        if node not in pages:
+            return 400, {"error": f"node {node!r} of flow {flow.id} cannot be sent; one of: {', '.join(pages)}"}
+        line = classify(number or session.get("caller"), push.region_of(flow))
+        if why == "not_mobile" or not line.e164:
+            return 400, {"error": f"the number is not a mobile ({line.kind})", "reason": "not_mobile",
+                         "reason_text": push.reason_text("not_mobile")}
+        state = session["state"]
         lang = language if language in flow.languages else state.get("lang")
         state = {**state, "lang": lang}
         offer = next((n for n in flow.nodes.values() if isinstance(n, OfferVisualNode)), None)
@@ -205,8 +212,29 @@ class VisualHub:
                                                     "type": flow.nodes[node].type}, "web")
         result, ws = await self.send_link(session_id, to=line.e164, state=state, page=node, kind="push",
                                           template=template, created_by=agent[:64], channel="web", node=node)
+        self.notify(session_id, result["link"])
         code = {"sent": 201, "refused": 429}.get(result["status"], 502)
-        return code, {"sms": {"to": mask_number(line.e164), **result}}
+        sms = {"to": mask_number(line.e164), **result}
+        if result["status"] != "sent":
+            sms["reason_text"] = push.reason_text(result.get("reason") or "failed")
+        return code, {"sms": sms, "label": push.node_label(flow, node)}
+
+    def notify(self, session_id: str, link_id: str) -> None:
+        """Tell the desks (on every server, over the desk bus) that a pushed page
+        changed: sent, opened, a step. In the background: pages never wait for it."""
+        handoff = getattr(self.app, "handoff", None)
+        if handoff is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._notify(handoff, session_id, link_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _notify(self, handoff: Any, session_id: str, link_id: str) -> None:
+        try:
+            await self.store.flush(session_id)  # the desk's server reads the trail from the database
+            await handoff.publish({"type": "visual_push", "session_id": session_id, "link": link_id})
+        except Exception:  # noqa: BLE001 - the desk's fallback refresh catches up
+            log.exception("session %s: could not tell the desks about pushed link %s", session_id, link_id)
 
     def _purge(self) -> None:
         """Forget pages nobody used for a long while (their links have expired)."""
@@ -307,7 +335,8 @@ class VisualHub:
         if ws.language:
             base["lang"] = ws.language
         flow = self.flow_of(base)
-        ws.info = SessionInfo(ws.session_id, flow, "web", caller=(base.get("vars") or {}).get("caller"))
+        ws.info = SessionInfo(ws.session_id, flow, "web", caller=(base.get("vars") or {}).get("caller"),
+                              tags={"link": ws.link_id})  # each web event says which link it happened on
         self._append(ws.session_id, "web_open", ws.page_node, {"link": ws.link_id, "mode": ws.mode,
                                                                "call_live": self.voice_live(ws.session_id)},
                      "web", ws.info)
@@ -335,6 +364,8 @@ class VisualHub:
         turn = ws.turn
         assert turn is not None
         ws.last_activity = time.monotonic()
+        if ws.mode == "push":
+            self.notify(ws.session_id, ws.link_id)
         if turn.ended:
             ws.finished = ws.finished or turn.outcome or "completed"
         call_mode = ws.mode == "call" and self.calls.get(ws.session_id) is ws
@@ -382,6 +413,8 @@ class VisualHub:
                 shown = expr.mask(value) if node.mask else value
                 self._append(ws.session_id, "input_invalid", ws.turn.state["node"],
                              {"reason": reason, "value": shown, "mode": "text"}, "web", ws.info)
+                if ws.mode == "push":
+                    self.notify(ws.session_id, ws.link_id)
                 return reason
         await self._advance(ws, Input("text", value))
         return None
@@ -519,6 +552,9 @@ class VisualHub:
         return ok
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.sms.close()
 
 

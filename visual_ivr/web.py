@@ -10,6 +10,7 @@ step). Bad requests get a friendly 4xx page, never a traceback.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import re
 import time
@@ -21,11 +22,12 @@ from aiohttp import web
 
 from ivr.engine import public_state
 from ivr.flow.nodes import InputDigitsNode, LookupNode
-from visual_ivr.auth import agent_name, agents_only
+from visual_ivr.auth import AGENT_KEY, agent_name, agents_only, may_use_session
 from visual_ivr.hub import VisualHub, WebSession
 from visual_ivr.i18n import lang_key, t
 from visual_ivr.links import DEVICE_RE
 from visual_ivr.nodes import GuideNode
+from visual_ivr.push import push_panel
 
 log = logging.getLogger("visual_ivr.web")
 
@@ -386,6 +388,10 @@ async def static(request: web.Request) -> web.StreamResponse:
 
 
 # ------------------------------------------------------------------ agent push API
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, default=str)
+
+
 async def api_push(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB_KEY]
     try:
@@ -400,6 +406,12 @@ async def api_push(request: web.Request) -> web.StreamResponse:
             return web.json_response({"error": f"{key} must be a string"}, status=400)
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", body["session_id"]):
         return web.json_response({"error": "bad session_id"}, status=400)
+    if not await may_use_session(request, hub.store.engine, body["session_id"]):
+        return web.json_response({"error": "that session was not offered to you"}, status=403)
+    if body.get("number") and not request.get(AGENT_KEY):
+        # signed-in people text the caller's own number only (no SMS to numbers typed in)
+        return web.json_response({"error": "only the desk backend (service token) may choose the number"},
+                                 status=403)
     code, out = await hub.push(body["session_id"], node=body["node"], agent=agent_name(request),
                                number=body.get("number"), language=body.get("language"))
     return web.json_response(out, status=code)
@@ -408,12 +420,19 @@ async def api_push(request: web.Request) -> web.StreamResponse:
 async def api_session(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB_KEY]
     sid = request.match_info["session_id"]
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", sid):
+        return web.json_response({"error": "bad session_id"}, status=400)
+    if not await may_use_session(request, hub.store.engine, sid):
+        return web.json_response({"error": "that session was not offered to you"}, status=403)
     session = await hub.store.get_session(sid)
     if session is None:
         return web.json_response({"error": "no such session"}, status=404)
     links = await hub.links.for_session(sid)
-    events = [e for e in await hub.store.events(sid) if e["channel"] == "web" or e["kind"] == "sms"]
-    return web.json_response({"session_id": sid, "links": [link.to_dict() for link in links], "events": events})
+    events = await hub.store.events(sid)
+    panel = await push_panel(hub.app, session, events)
+    return web.json_response({"session_id": sid, "links": [link.to_dict() for link in links],
+                              "events": [e for e in events if e["channel"] == "web" or e["kind"] == "sms"],
+                              "push": panel}, dumps=_dumps)
 
 
 # ------------------------------------------------------------------ wiring

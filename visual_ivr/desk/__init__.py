@@ -7,6 +7,11 @@ carrying a session reaches the signed-in agent's interface.
 - ``GET /desk/api/sessions/{id}``: one session's pop as JSON (if offered to you).
 - ``POST /desk/sessions/{id}/disposition``: disposition and notes (CSRF).
 - ``/desk/static/``: the page's script and style (no CDN).
+
+The pop's "Send a page / 发送页面" box texts the caller a guide or a page of the
+flow through ``POST /api/visual/push`` (:mod:`visual_ivr.web`, CSRF header)
+and shows its status (:mod:`visual_ivr.push`), updated by signed ``push``
+messages on the socket.
 """
 
 from __future__ import annotations

@@ -18,6 +18,12 @@ Messages, both ways
 Who sees what
     An agent gets the pops offered to their interface and may open only those
     sessions; a supervisor gets every pop and the list of live calls.
+
+Pages texted from the desk
+    When a page an agent texted (visual IVR push) is sent, opened or used, the
+    server that saw it publishes ``visual_push`` on the desk bus; every server
+    sends the new status as a ``push`` message to the desks that may see that
+    session. The page may also ask for it (``push``, a fallback refresh).
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ from aiohttp import WSMsgType, web
 
 from ivr.auth import Account, BadSignature, get_auth
 from ivr.handoff.core import offered_to, offers_for, same_interface
+
+from visual_ivr.push import push_status
 
 from .pop import build_pop
 
@@ -70,6 +78,7 @@ class DeskHub:
         self._used: dict[str, float] = {}  # nonce -> expiry
         self._unsubscribe: Any = None
         self.pops_sent = 0
+        self.push_updates = 0
         self.refused = 0
 
     # ---- life
@@ -209,6 +218,14 @@ class DeskHub:
                 await self.send(conn, "error", {"message": "live calls are for supervisors"})
                 return
             await self.send(conn, "live", await self.live_calls())
+        elif kind == "push":  # the page asks for the status of the pages sent (fallback refresh)
+            sid = str(data.get("session_id", ""))[:64]
+            if not await self.may_see(conn.account, sid):
+                await self.send(conn, "error", {"message": "that session was not offered to you"})
+                return
+            panel = await push_status(self.app, sid)
+            if panel is not None:
+                await self.send(conn, "push", {"session_id": sid, "link": None, "push": panel})
         elif kind == "ack":
             pass  # the page saw the pop (kept for metrics)
         else:
@@ -238,6 +255,9 @@ class DeskHub:
 
     # ---- pops from the bus (any server)
     async def _on_bus(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "visual_push" and self.connections:
+            await self._on_visual_push(message)
+            return
         if message.get("type") != "pop" or not self.connections:
             return
         sid = str(message.get("session_id", ""))
@@ -252,3 +272,29 @@ class DeskHub:
             return
         await asyncio.gather(*(self.send(c, "pop", pop) for c in targets))
         self.pops_sent += len(targets)
+
+    # ---- pages agents texted (visual IVR push): sent, opened, steps, done
+    async def _on_visual_push(self, message: dict[str, Any]) -> None:
+        """A pushed page changed (on any server): the new status to every desk
+        that may see the session, as a signed ``push`` message."""
+        sid = str(message.get("session_id", ""))[:64]
+        interfaces: dict[str, bool] = {}
+        targets = []
+        for conn in list(self.connections):
+            account = conn.account
+            if account.role == "supervisor":
+                targets.append(conn)
+                continue
+            iface = account.interface or ""
+            if iface not in interfaces:
+                interfaces[iface] = await self.may_see(account, sid)
+            if interfaces[iface]:
+                targets.append(conn)
+        if not targets:
+            return
+        panel = await push_status(self.app, sid)
+        if panel is None:
+            return
+        data = {"session_id": sid, "link": message.get("link"), "push": panel}
+        await asyncio.gather(*(self.send(c, "push", data) for c in targets))
+        self.push_updates += len(targets)

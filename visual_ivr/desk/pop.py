@@ -98,6 +98,12 @@ def describe(event: dict[str, Any]) -> str | None:
         return f"Left a message ({d.get('seconds')} s): {d.get('transcript') or ''}"
     if kind == "sms":
         return f"SMS to {d.get('to')}: {d.get('status')}"
+    if kind == "web_push":
+        return f"{d.get('agent')} texted a page: {d.get('node')}"
+    if kind == "guide_step":
+        return f"Guide step {d.get('step')} of {d.get('of')}"
+    if kind == "guide_done":
+        return f"Finished the guide ({d.get('steps')} steps)"
     if kind in ("web_open", "web"):
         return f"Opened the visual menu ({d.get('how') or d.get('node') or ''})"
     if kind == "moved":
@@ -144,6 +150,7 @@ def identity(variables: dict[str, Any] | None) -> dict[str, Any]:
 
 async def build_pop(app: Any, session_id: str, offer: dict[str, Any] | None = None) -> dict[str, Any] | None:
     from callback.api import list_callbacks
+    from visual_ivr.push import push_panel
 
     store = app.store
     session = await store.get_session(session_id)
@@ -156,6 +163,7 @@ async def build_pop(app: Any, session_id: str, offer: dict[str, Any] | None = No
     reason = session.get("reason") or state.get("reason") or transfer_reason or person_reason(events)
     agent = next((e["data"] for e in reversed(events) if e["kind"] == "agent_connect"), None)
     callbacks = await list_callbacks(app, session_id=session_id, limit=5)
+    push = await push_panel(app, session, events)
     return {
         "session_id": session_id,
         "caller": session["caller"],
@@ -177,4 +185,5 @@ async def build_pop(app: Any, session_id: str, offer: dict[str, Any] | None = No
         "callbacks": [{"id": c["id"], "when": c["when"], "status": c["status"], "attempts": c["attempts"],
                        "last_outcome": c["last_outcome"], "number": expr.mask(c["number"])} for c in callbacks],
         "offer": offer,
+        "push": push,  # "Send a page": what can be texted, and each page sent
     }

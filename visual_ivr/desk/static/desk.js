@@ -8,7 +8,7 @@
   var cfg = root.dataset;
   var statusEl = document.getElementById("ws-status");
   var sendSeq = 0, recvSeq = 0, ws = null, keyPromise = null, current = null;
-  window.deskStats = { pops: 0, refused: 0, lastPopAt: null, lastPopWall: null, lastSession: null };
+  window.deskStats = { pops: 0, refused: 0, lastPopAt: null, lastPopWall: null, lastSession: null, pushUpdates: 0 };
 
   function b64urlToBytes(text) {
     var s = text.replace(/-/g, "+").replace(/_/g, "/");
@@ -105,6 +105,7 @@
       cbs.appendChild(el("li", c.when + " · " + c.status + " · attempts " + c.attempts +
         (c.last_outcome ? " · " + c.last_outcome : "")));
     });
+    renderPush(p.session_id, p.push);
     var form = document.getElementById("disposition-form");
     form.action = "/desk/sessions/" + encodeURIComponent(p.session_id) + "/disposition";
     if (!sameSession) setText("disposition-status", "");  // a refresh of the same call keeps "saved"
@@ -113,6 +114,105 @@
     window.deskStats.lastPopWall = Date.now();
     window.deskStats.lastSession = p.session_id;
     send("ack", { session_id: p.session_id });
+  }
+
+  // ---- "Send a page / 发送页面": pages texted to the caller (visual IVR push)
+  var LANGS = { zh: "中文", en: "English" };
+  var pushPanel = { session: null, canSend: false, lastUpdate: 0, active: false };
+
+  function langName(code) {
+    var name = LANGS[String(code).split("-")[0]];
+    return name ? name + " (" + code + ")" : code;
+  }
+  function fillSelect(select, groups, keep) {
+    select.textContent = "";
+    groups.forEach(function (g) {
+      if (!g.items.length) return;
+      var parent = select;
+      if (g.label) { parent = document.createElement("optgroup"); parent.label = g.label; select.appendChild(parent); }
+      g.items.forEach(function (it) {
+        var o = el("option", it.text);
+        o.value = it.value;
+        parent.appendChild(o);
+      });
+    });
+    if (keep && Array.prototype.some.call(select.options, function (o) { return o.value === keep; })) {
+      select.value = keep;
+    }
+  }
+  function renderPushItem(s) {
+    var li = el("li", null, "push-item state-" + s.state);
+    li.dataset.link = s.link;
+    li.dataset.state = s.state;
+    li.dataset.node = s.node;
+    var head = el("div", null, "push-line");
+    head.appendChild(el("strong", s.label, "push-label"));
+    var at = s.state === "done" ? s.done_at : (s.state === "opened" ? s.opened_at : null);
+    var state = el("span", s.state_text + (at ? " " + time(at) : ""), "push-state");
+    head.appendChild(state);
+    li.appendChild(head);
+    var meta = "SMS / 短信 → " + (s.to || "?") + " · " + time(s.sent_at) + (s.by ? " · " + s.by : "");
+    if (s.opened_at) meta += " · opened / 打开于 " + time(s.opened_at);
+    li.appendChild(el("div", meta, "push-meta"));
+    if (s.reason_text) li.appendChild(el("div", s.reason_text, "push-reason"));
+    if (s.steps) {
+      var steps = el("div", null, "push-steps");
+      steps.appendChild(el("span", "Steps / 步骤 " + s.steps.seen.length + "/" + s.steps.of + " ", "push-steps-count"));
+      for (var i = 1; i <= s.steps.of; i++) {
+        var seen = s.steps.seen.indexOf(i) >= 0;
+        var box = el("span", String(i), "step" + (seen ? " seen" : ""));
+        box.title = seen ? "seen / 已看" : "not yet / 未看";
+        steps.appendChild(box);
+      }
+      if (s.steps.finished) steps.appendChild(el("span", " finished / 已完成 ✓", "push-finished"));
+      li.appendChild(steps);
+    }
+    if ((s.activity || []).length) {
+      var earlier = (s.activity_total || 0) - s.activity.length;
+      if (earlier > 0) li.appendChild(el("div", "… " + earlier + " earlier / 更早的 " + earlier + " 条", "push-meta"));
+      var ol = el("ol", null, "push-activity");
+      s.activity.forEach(function (a) {
+        var item = el("li", null, "k-" + a.kind);
+        item.appendChild(el("span", time(a.at), "t"));
+        item.appendChild(el("span", a.text));
+        ol.appendChild(item);
+      });
+      li.appendChild(ol);
+    }
+    return li;
+  }
+  function renderPush(sid, panel) {
+    var box = document.getElementById("push");
+    if (!panel || !panel.available) { box.hidden = true; pushPanel.active = false; return; }
+    var fresh = pushPanel.session !== sid;
+    pushPanel.session = sid;
+    pushPanel.canSend = !!panel.can_send;
+    pushPanel.lastUpdate = Date.now();
+    box.hidden = false;
+    var page = document.getElementById("push-page");
+    var guides = [], pages = [];
+    (panel.pages || []).forEach(function (pg) {
+      if (pg.kind === "guide") guides.push({ value: pg.node, text: pg.label + " (" + pg.steps + " steps / 步)" });
+      else pages.push({ value: pg.node, text: pg.label });
+    });
+    fillSelect(page, [{ label: "Guides / 指南", items: guides }, { label: "Pages / 页面", items: pages }],
+      fresh ? null : page.value);
+    var lang = document.getElementById("push-language");
+    fillSelect(lang, [{ items: (panel.languages || []).map(function (c) { return { value: c, text: langName(c) }; }) }],
+      fresh ? panel.language : lang.value);
+    document.getElementById("push-send").disabled = !panel.can_send;
+    setText("push-note", panel.can_send ? "To / 发送至 " + (panel.to || "") : panel.why_text);
+    if (fresh) { setText("push-result", ""); document.getElementById("push-result").className = ""; }
+    var ul = document.getElementById("push-sent");
+    ul.textContent = "";
+    (panel.sent || []).forEach(function (s) { ul.appendChild(renderPushItem(s)); });
+    pushPanel.active = (panel.sent || []).some(function (s) { return s.state === "texted" || s.state === "opened"; });
+    window.deskStats.pushUpdates += 1;
+  }
+  function pushResult(text, ok) {
+    var p = document.getElementById("push-result");
+    p.textContent = text;
+    p.className = ok ? "ok" : "error";
   }
 
   function showOffers(list) {
@@ -168,6 +268,7 @@
       if (msg.type === "pop") showPop(msg.data);
       else if (msg.type === "live") showLive(msg.data);
       else if (msg.type === "offers") showOffers(msg.data);
+      else if (msg.type === "push") { if (msg.data.session_id === current) renderPush(current, msg.data.push); }
       else if (msg.type === "error") console.warn("desk:", msg.data.message);
     });
   }
@@ -204,6 +305,36 @@
       .catch(function () { setText("disposition-status", "not saved: network error"); });
   });
 
+  document.getElementById("push-form").addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    if (!current || !pushPanel.canSend) return;
+    var sid = current, button = document.getElementById("push-send");
+    var node = document.getElementById("push-page").value;
+    button.disabled = true;
+    pushResult("Sending… / 发送中…", true);
+    fetch("/api/visual/push", {
+      method: "POST", credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": cfg.csrf },
+      body: JSON.stringify({ session_id: sid, node: node, language: document.getElementById("push-language").value })
+    }).then(function (r) {
+      return r.json().catch(function () { return { error: "HTTP " + r.status }; })
+        .then(function (j) { return [r.status, j]; });
+    }).then(function (res) {
+      var status = res[0], j = res[1];
+      if (status === 201) pushResult("Texted / 已发送 → " + j.sms.to + ": " + j.label, true);
+      else if (j.sms) pushResult("Not sent / 未发送: " + (j.sms.reason_text || j.sms.reason || j.sms.status), false);
+      else pushResult("Not sent / 未发送: " + (j.reason_text || j.error || ("HTTP " + status)), false);
+      if (sid === current) send("push", { session_id: sid });
+    }).catch(function () {
+      pushResult("Not sent: network error / 未发送：网络错误", false);
+    }).then(function () { button.disabled = !pushPanel.canSend; });
+  });
+
+  // the status comes pushed over the socket; if the desk bus missed an update,
+  // ask again while a page is out and nothing was heard for a while
+  setInterval(function () {
+    if (current && pushPanel.active && Date.now() - pushPanel.lastUpdate > 10000) send("push", { session_id: current });
+  }, 5000);
   setInterval(function () { send("ping", { t: Date.now() }); }, 20000);
   if (cfg.role === "supervisor") setInterval(function () { send("live", {}); }, 5000);
   connect();
