@@ -38,6 +38,10 @@ sys.path.insert(0, str(ROOT))
 
 # verify, balance, back to the main menu, outages, goodbye: the same path at any hour
 DEMO_KEYS = ["1", "1", "20240001#", "110105199003071239#", "1", "9", "3", "1"]
+# The demo's outage message carries the time, so with call-time rendering on
+# every call synthesises a new prompt (about 0.6 s of TTS, bench/prompts.py):
+# off by default here, to measure the FastAGI server itself (--render to include it).
+RENDER_DURING_CALLS = False
 
 
 # --------------------------------------------------------------------------- servers
@@ -99,6 +103,8 @@ def start_server(kind: str, port: int, workdir: Path, backend_url: str | None = 
         cmd = [sys.executable, "-m", "ivr.cli", "serve", "--agi-port", str(port), "--http-port", str(http),
                "--database-url", f"sqlite:///{workdir / f'bench-{port}.db'}", "--flows", str(ROOT / "flows")]
         env["IVR_RELOAD_INTERVAL"] = "0"
+        if not RENDER_DURING_CALLS:
+            env["IVR_PROMPT_RENDER_DURING_CALLS"] = "false"
     else:
         cmd = [sys.executable, __file__, "--serve", kind, "--port", str(port)]
     log = open(workdir / f"server-{kind}-{port}.log", "w")
@@ -196,9 +202,13 @@ def main() -> int:
     parser.add_argument("--pace", type=float, default=0.0,
                         help="seconds each prompt plays (0: zero-delay saturation run; 2-3 is a real caller)")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--render", action="store_true",
+                        help="let the server render prompts with variables during calls (TTS per call)")
     parser.add_argument("--serve", choices=["bare", "panoramisk"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global RENDER_DURING_CALLS
+    RENDER_DURING_CALLS = args.render
     if args.serve:
         runner = run_bare if args.serve == "bare" else run_panoramisk
         asyncio.run(runner(args.port, reference_commands()))
@@ -208,7 +218,8 @@ def main() -> int:
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 2 sockets per call here, 2-3 in the server
-    print(f"pace: {args.pace} s per prompt ({'paced callers' if args.pace else 'zero-delay saturation'})")
+    print(f"pace: {args.pace} s per prompt ({'paced callers' if args.pace else 'zero-delay saturation'}); "
+          f"call-time prompt rendering {'on' if args.render else 'off'}")
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, {platform.platform()}")
     rows = []

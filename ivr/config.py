@@ -61,6 +61,9 @@ class Config(BaseModel):
     prompt_synth_timeout: float = Field(20.0, gt=0, le=600, description="seconds one synthesis may run before it is killed")
     prompt_jobs: int = Field(0, ge=0, le=64, description="parallel syntheses in 'ivr prompts build' (0: one per CPU)")
     prompt_workers: int = Field(2, ge=1, le=64, description="syntheses at once during calls (dynamic prompts, fallbacks)")
+    prompt_render_during_calls: bool = Field(
+        True, description="render prompts with variables (and missing files) during calls; off: only files from "
+                          "'ivr prompts build' play")
     prompt_render_ttl: float = Field(24.0, ge=0, description="hours call-time renders stay on disk unused (0: forever)")
     prompt_synth_command: list[str] | None = Field(
         None, description="argv of the synthesis worker (default: this Python running ivr.prompts.worker)")

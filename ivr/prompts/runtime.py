@@ -250,6 +250,9 @@ def prune(settings: PromptSettings, ttl: float, keep: set[str]) -> tuple[list[st
 async def prompts_extension(app: Any) -> None:
     """Plug prompt audio into the voice face of ``ivr serve``."""
     config = app.config
+    if not config.prompt_render_during_calls:
+        log.info("prompt rendering during calls is off: prompts play from 'ivr prompts build' files only")
+        return
     settings = PromptSettings.from_config(config)
     renderer = Renderer(settings, concurrency=config.prompt_workers)
     service = PromptService(settings, renderer, ttl_hours=config.prompt_render_ttl)
