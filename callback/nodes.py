@@ -11,18 +11,17 @@ from __future__ import annotations
 import datetime as dt
 import re
 from typing import Any, ClassVar, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from ivr.engine.context import Ctx, End, Goto, Transition, WaitAction
 from ivr.engine.types import Action, Choice, Expect, Input
 from ivr.flow import expr
 from ivr.flow.model import NodeId, PromptSpec, Text, register_node
-from ivr.flow.nodes import InputNode
+from ivr.flow.nodes import HolidayDates, InputNode, TimeZoneName, WeeklySchedule
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_SPAN = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
 _WEEKDAY_ZH = "一二三四五六日"
 _WEEKDAY_EN = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTH_EN = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -87,10 +86,10 @@ class CallbackNode(InputNode):
     when: Literal["asap", "choose"] = Field("asap", description="asap, or let the caller choose a slot")
     prompt: PromptSpec | None = Field(None, description="with `when: choose`: the question, listing the slots "
                                                         "(a template over `callback_slots`)")
-    timezone: str = Field("Asia/Shanghai", description="time zone of `schedule`")
-    schedule: dict[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], list[str]] | None = Field(
+    timezone: TimeZoneName = Field("Asia/Shanghai", description="time zone of `schedule`")
+    schedule: WeeklySchedule | None = Field(
         None, description="business hours, day -> 'HH:MM-HH:MM' spans (needed for `when: choose`)")
-    holidays: list[str] = Field(default_factory=list, description="ISO dates without slots")
+    holidays: HolidayDates = Field(default_factory=list, description="ISO dates without slots")
     slot_minutes: int = Field(60, ge=15, le=240, description="length of a slot")
     slots: int = Field(3, ge=1, le=8, description="slots offered after 'as soon as possible' (keys 2, 3 ...)")
     mode: Literal["customer_first", "agent_first"] = Field(
@@ -107,34 +106,6 @@ class CallbackNode(InputNode):
     target_fields: ClassVar = ("next",)
     template_fields: ClassVar = ("summary", "queue", "number", "reason")
     prompt_fields: ClassVar = ("prompt", "prompts", "noinput_prompt", "nomatch_prompt", "confirm")
-
-    @field_validator("timezone")
-    @classmethod
-    def _tz(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}") from None
-        return value
-
-    @field_validator("schedule")
-    @classmethod
-    def _spans(cls, value: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
-        for day, spans in (value or {}).items():
-            for span in spans:
-                if not _SPAN.match(span):
-                    raise ValueError(f"{day}: {span!r} is not HH:MM-HH:MM")
-        return value
-
-    @field_validator("holidays")
-    @classmethod
-    def _dates(cls, value: list[str]) -> list[str]:
-        for d in value:
-            try:
-                dt.date.fromisoformat(d)
-            except ValueError:
-                raise ValueError(f"{d!r} is not an ISO date (YYYY-MM-DD)") from None
-        return value
 
     @model_validator(mode="after")
     def _choose_needs(self) -> "CallbackNode":

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from ivr.engine.context import Ctx, End, Goto, Transition, Wait, WaitAction
 from ivr.engine.types import Action, Choice, Expect, Input
@@ -515,47 +515,50 @@ _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _SPAN = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
 
 
+def _check_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}") from None
+    return value
+
+
+def _check_schedule(value: dict[str, list[str]]) -> dict[str, list[str]]:
+    for day, spans in value.items():
+        for span in spans:
+            if not _SPAN.match(span):
+                raise ValueError(f"{day}: {span!r} is not HH:MM-HH:MM")
+    return value
+
+
+def _check_dates(value: list[str]) -> list[str]:
+    for d in value:
+        try:
+            dt.date.fromisoformat(d)
+        except ValueError:
+            raise ValueError(f"{d!r} is not an ISO date (YYYY-MM-DD)") from None
+    return value
+
+
+# Business-hours fields shared by the nodes that know opening times (hours, callback).
+TimeZoneName = Annotated[str, AfterValidator(_check_timezone)]
+WeeklySchedule = Annotated[
+    dict[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], list[str]], AfterValidator(_check_schedule)
+]
+HolidayDates = Annotated[list[str], AfterValidator(_check_dates)]
+
+
 @register_node
 class HoursNode(Node):
     """Open or closed by weekly schedule, time zone and holiday dates."""
 
     type: Literal["hours"] = "hours"
-    timezone: str = "Asia/Shanghai"
-    schedule: dict[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], list[str]] = Field(
-        description="day -> list of 'HH:MM-HH:MM'"
-    )
-    holidays: list[str] = Field(default_factory=list, description="ISO dates when closed all day")
+    timezone: TimeZoneName = "Asia/Shanghai"
+    schedule: WeeklySchedule = Field(description="day -> list of 'HH:MM-HH:MM'")
+    holidays: HolidayDates = Field(default_factory=list, description="ISO dates when closed all day")
     open: NodeId
     closed: NodeId
     target_fields: ClassVar = ("open", "closed")
-
-    @field_validator("timezone")
-    @classmethod
-    def _tz(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}") from None
-        return value
-
-    @field_validator("schedule")
-    @classmethod
-    def _spans(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        for day, spans in value.items():
-            for span in spans:
-                if not _SPAN.match(span):
-                    raise ValueError(f"{day}: {span!r} is not HH:MM-HH:MM")
-        return value
-
-    @field_validator("holidays")
-    @classmethod
-    def _dates(cls, value: list[str]) -> list[str]:
-        for d in value:
-            try:
-                dt.date.fromisoformat(d)
-            except ValueError:
-                raise ValueError(f"{d!r} is not an ISO date (YYYY-MM-DD)") from None
-        return value
 
     def is_open(self, now: dt.datetime) -> bool:
         local = now.astimezone(ZoneInfo(self.timezone))
