@@ -105,22 +105,29 @@ class Ctx:
         return expr.evaluate(expression, scope)
 
     # ---- prompts
+    def prompt_out(self, pid: str, *, barge_in: bool = True, **extra: Any) -> PromptOut | None:
+        """A catalogue prompt rendered in the caller's language (None when unknown, or when its
+        template fails: the error goes on the trail and the caller hears the rest)."""
+        pdef = self.flow.prompts.get(pid)
+        if pdef is None:
+            return None
+        texts = pdef.texts()
+        raw = texts.get(self.lang) or texts.get(self.flow.default_language) or ""
+        dynamic = expr.is_template(raw)
+        try:
+            text = self.render(raw, **extra) if dynamic else raw
+        except expr.ExprError as exc:
+            self.emit("error", where=f"prompt {pid}", message=str(exc))
+            return None
+        return PromptOut(pid, text, self.lang, pdef.recording, dynamic, barge_in)
+
     def play(self, prompt_ids: tuple[str, ...] | list[str], *, barge_in: bool = True, **extra: Any) -> None:
         """Present catalogue prompts; ``extra`` adds template variables (e.g. ``heard``)."""
         for pid in prompt_ids:
-            pdef = self.flow.prompts.get(pid)
-            if pdef is None:
-                continue
-            texts = pdef.texts()
-            raw = texts.get(self.lang) or texts.get(self.flow.default_language) or ""
-            dynamic = expr.is_template(raw)
-            try:
-                text = self.render(raw, **extra) if dynamic else raw
-            except expr.ExprError as exc:
-                self.emit("error", where=f"prompt {pid}", message=str(exc))
-                text = ""
-            self.prompts.append(PromptOut(pid, text, self.lang, pdef.recording, dynamic, barge_in))
-            self.emit("prompt", id=pid, text=text, lang=self.lang)
+            out = self.prompt_out(pid, barge_in=barge_in, **extra)
+            if out is not None:
+                self.prompts.append(out)
+                self.emit("prompt", id=pid, text=out.text, lang=self.lang)
 
     # ---- summary fragments
     def add_summary(self, node: "Node", **extra: Any) -> None:

@@ -103,21 +103,7 @@ def builtin_prompt(ctx: Ctx, name: str, **extra: Any) -> PromptOut:
 
 def render_prompts(ctx: Ctx, ids: tuple[str, ...], **extra: Any) -> tuple[PromptOut, ...]:
     """Catalogue prompts as :class:`PromptOut` without presenting them (no trail event)."""
-    out: list[PromptOut] = []
-    for pid in ids:
-        pdef = ctx.flow.prompts.get(pid)
-        if pdef is None:
-            continue
-        texts = pdef.texts()
-        raw = texts.get(ctx.lang) or texts.get(ctx.flow.default_language) or ""
-        dynamic = expr.is_template(raw)
-        try:
-            text = ctx.render(raw, **extra) if dynamic else raw
-        except expr.ExprError as exc:
-            ctx.emit("error", where=f"prompt {pid}", message=str(exc))
-            continue
-        out.append(PromptOut(pid, text, ctx.lang, pdef.recording, dynamic, True))
-    return tuple(out)
+    return tuple(p for p in (ctx.prompt_out(pid, **extra) for pid in ids) if p is not None)
 
 
 class Listening(Strict):
