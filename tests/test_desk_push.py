@@ -25,7 +25,7 @@ from .handoff_util import base_url
 from .test_desk_browser import ARGS, CHROMIUM, DEMO_TO_AGENT, desk_app, sign_in  # noqa: F401 (fixture)
 from .visual_support import LINK_RE
 
-playwright_api = pytest.importorskip("playwright.async_api")
+import playwright.async_api as playwright_api  # a test dependency: missing, the test fails
 pytestmark = pytest.mark.timeout(120)
 
 FETCH = """async ([url, body, csrf]) => {
