@@ -625,29 +625,29 @@ class FakeAmiServer:
         session.send(self._response(action, "Success", Ping="Pong",
                                     Timestamp=f"{time.time():.6f}"))
 
-    def _action_getvar(self, session: _Session, action: Headers) -> None:
+    def _var_scope(self, session: _Session, action: Headers) -> tuple[str, dict[str, str]] | None:
+        """Getvar/Setvar: the variable and the channel (or global) variables it lives in,
+        or None after answering the error Asterisk gives."""
         variable = header(action, "Variable")
         channel = header(action, "Channel")
         if not variable:
             session.send(self._response(action, "Error", Message="No variable specified"))
-            return
+            return None
         if channel and channel not in self.channels:
             session.send(self._response(action, "Error", Message="No such channel"))
+            return None
+        return variable, (self.channels[channel] if channel else self.global_vars)
+
+    def _action_getvar(self, session: _Session, action: Headers) -> None:
+        if (found := self._var_scope(session, action)) is None:
             return
-        scope = self.channels[channel] if channel else self.global_vars
-        session.send(self._response(action, "Success", Variable=variable,
-                                    Value=scope.get(variable, "")))
+        variable, scope = found
+        session.send(self._response(action, "Success", Variable=variable, Value=scope.get(variable, "")))
 
     def _action_setvar(self, session: _Session, action: Headers) -> None:
-        variable = header(action, "Variable")
-        channel = header(action, "Channel")
-        if not variable:
-            session.send(self._response(action, "Error", Message="No variable specified"))
+        if (found := self._var_scope(session, action)) is None:
             return
-        if channel and channel not in self.channels:
-            session.send(self._response(action, "Error", Message="No such channel"))
-            return
-        scope = self.channels[channel] if channel else self.global_vars
+        variable, scope = found
         scope[variable] = header(action, "Value")
         session.send(self._response(action, "Success", Message="Variable Set"))
 
