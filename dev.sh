@@ -3,6 +3,8 @@
 #
 #   ./dev.sh serve   install everything, render prompts, run the server with the demo flow
 #   ./dev.sh test    install everything, run the whole test suite
+#   ./dev.sh reliability   the reliability suite alone; regenerates docs/reliability.md
+#   ./dev.sh soak    the 10-minute soak; regenerates docs/reliability.md
 #
 # Safe to re-run: system packages and Python packages are installed only when missing.
 set -euo pipefail
@@ -84,8 +86,21 @@ case "$cmd" in
     if [ $rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi
     exit $rc
     ;;
+  reliability)
+    install_system
+    install_python
+    say "running the reliability and security suite; results to docs/reliability/, report to docs/reliability.md"
+    exec .venv/bin/python -m pytest -m reliability --reliability-out docs/reliability -p no:cacheprovider "$@"
+    ;;
+  soak)
+    install_system
+    install_python
+    say "running the soak (200 paced calls for 10 minutes; IVR_SOAK_MINUTES and IVR_SOAK_CALLS change it)"
+    exec .venv/bin/python -m pytest tests/reliability --soak --reliability-out docs/reliability -p no:cacheprovider "$@"
+    ;;
   *)
     echo "usage: ./dev.sh serve [ivr serve options] | ./dev.sh test [pytest options]" >&2
+    echo "       ./dev.sh reliability [pytest options] | ./dev.sh soak [pytest options]" >&2
     exit 2
     ;;
 esac
