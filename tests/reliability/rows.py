@@ -97,6 +97,8 @@ row("lookup.malformed-json", "Faults: look-ups",
     "Back-end returns malformed JSON", "flow takes its failure branch")
 row("lookup.huge-body", "Faults: look-ups",
     "Back-end returns a huge body", "flow takes its failure branch; memory bounded")
+row("lookup.connection-reset", "Faults: look-ups",
+    "Back-end resets the connection", "flow takes its failure branch")
 
 # --- Faults: SMS -----------------------------------------------------------
 row("sms.gateway-down", "Faults: SMS",
