@@ -338,6 +338,10 @@ class EagiPort:
             return session
         return _EagiTurn(self.service, listen, session, self.source)
 
+    def why_unavailable(self, lang: str) -> str | None:
+        """Why :meth:`open` says ``unavailable`` although speech is configured (for the trail)."""
+        return self.service.why_unavailable(lang)
+
     async def transcribe(self, path: str, lang: str) -> dict[str, Any]:
         return await self.service.transcribe(path, lang)
 
