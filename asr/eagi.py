@@ -220,7 +220,7 @@ def recognize_eagi_sync(
     grammar = choices if isinstance(choices, Grammar) or choices is None else build_grammar(choices)
 
     async def run() -> Recognition:
-        pool = RecognizerPool(ModelRegistry(registry_models), max_concurrent=1)
+        pool = RecognizerPool(ModelRegistry(registry_models, probe=False), max_concurrent=1)  # one call: no probe
         source = EagiAudioSource(fd)
         source.start()
         try:

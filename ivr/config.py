@@ -85,6 +85,7 @@ class Config(BaseModel):
     sms_smpp_port: int = Field(2775, description="smpp gateway: port")
     sms_smpp_system_id: str = Field("", description="smpp gateway: system id (account)")
     sms_smpp_password: str = Field("", description="smpp gateway: password")
+    sms_send_timeout: float = Field(5.0, gt=0, le=60, description="seconds a call waits for the SMS gateway")
     sms_limit_per_number: int = Field(3, ge=0, description="texts one number may get per hour")
     sms_limit_per_session: int = Field(2, ge=0, description="texts one session may send")
     sms_limit_per_hour: int = Field(500, ge=0, description="texts the whole server may send per hour")

@@ -78,11 +78,12 @@ class SpeechService:
         pool_size: recognitions at the same time; further callers get keys.
         end_silence_ms, max_speech_ms: endpointing defaults (a node may override).
         connect_timeout: seconds to wait for Asterisk's AudioSocket connection.
+        probe_models: try each model in a child process first (see :class:`asr.models.ModelRegistry`).
     """
 
     def __init__(self, models: Mapping[str, str], *, pool_size: int = 8, end_silence_ms: int = 800,
-                 max_speech_ms: int = 8000, connect_timeout: float = 3.0) -> None:
-        self.registry = ModelRegistry(models)
+                 max_speech_ms: int = 8000, connect_timeout: float = 3.0, probe_models: bool = True) -> None:
+        self.registry = ModelRegistry(models, probe=probe_models)
         self.pool = RecognizerPool(self.registry, max_concurrent=pool_size)
         self.end_silence_ms = end_silence_ms
         self.max_speech_ms = max_speech_ms
@@ -91,9 +92,10 @@ class SpeechService:
         self._grammars: dict[tuple[tuple[str, tuple[str, ...]], ...], Grammar | None] = {}
 
     @classmethod
-    def from_config(cls, config: Config) -> SpeechService:
+    def from_config(cls, config: Config, *, probe_models: bool = True) -> SpeechService:
         return cls(config.asr_models, pool_size=config.asr_pool_size, end_silence_ms=config.asr_end_silence_ms,
-                   max_speech_ms=config.asr_max_speech_ms, connect_timeout=config.asr_connect_timeout)
+                   max_speech_ms=config.asr_max_speech_ms, connect_timeout=config.asr_connect_timeout,
+                   probe_models=probe_models)
 
     # -- models ------------------------------------------------------------------------
 
@@ -122,6 +124,12 @@ class SpeechService:
     def available(self, lang: str) -> bool:
         """A model is loaded (or still loadable) for ``lang``."""
         return self.registry.status(lang) in (ModelStatus.LOADED, ModelStatus.NOT_LOADED)
+
+    def why_unavailable(self, lang: str) -> str | None:
+        """Why a configured model cannot serve ``lang`` (None when it can, or when none is configured)."""
+        if not self.registry.languages or self.registry.status(lang) is not ModelStatus.UNAVAILABLE:
+            return None
+        return self.registry.unavailable_reason(lang)
 
     async def close(self) -> None:
         if self.audiosocket is not None:
@@ -282,6 +290,14 @@ class AudioSocketPort:
             return session
         return _AudioSocketTurn(self.service, listen, session)
 
+    def why_unavailable(self, lang: str) -> str | None:
+        """Why :meth:`open` says ``unavailable`` although speech is configured (for the trail)."""
+        why = self.service.why_unavailable(lang)
+        if why is None and self.service.audiosocket is None and self.service.available(lang) \
+                and self.service.registry.languages:
+            why = "the AudioSocket server is not listening"
+        return why
+
     async def transcribe(self, path: str, lang: str) -> dict[str, Any]:
         return await self.service.transcribe(path, lang)
 
@@ -321,6 +337,10 @@ class EagiPort:
         if isinstance(session, str):
             return session
         return _EagiTurn(self.service, listen, session, self.source)
+
+    def why_unavailable(self, lang: str) -> str | None:
+        """Why :meth:`open` says ``unavailable`` although speech is configured (for the trail)."""
+        return self.service.why_unavailable(lang)
 
     async def transcribe(self, path: str, lang: str) -> dict[str, Any]:
         return await self.service.transcribe(path, lang)
@@ -390,9 +410,11 @@ class SimSpeech:
 def agi_hooks(config: Config, *, source: EagiAudioSource | None = None) -> tuple[dict[str, Any], SpeechService]:
     """Voice-face hooks for a process-AGI script: EAGI audio on fd 3 when ``source`` is given.
 
-    Models load on first use (a process AGI script lives for one call).
+    Models load on first use (a process AGI script lives for one call), without
+    the child-process probe: it would double the load time of every call, and a
+    model that crashes Kaldi ends only this call's script, not a server.
     """
-    service = SpeechService.from_config(config)
+    service = SpeechService.from_config(config, probe_models=False)
     port: Any = EagiPort(service, source) if source is not None else TranscribeOnlyPort(service)
     return {"speech": port, "record_dir": str(Path(config.record_dir).resolve())}, service
 

@@ -18,12 +18,14 @@ session, and for the whole server per hour.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import hmac
 import json
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -86,6 +88,16 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, *, max_age:
     return age <= max_age and hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
+def _http_reason(exc: aiohttp.ClientError) -> str:
+    """Why an HTTP send failed, in words an operator reads in the trail."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        refused = getattr(exc.os_error, "errno", None) == errno.ECONNREFUSED
+        return "connection refused" if refused else f"connection error: {exc.os_error}"[:64]
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server disconnected"
+    return type(exc).__name__
+
+
 class HttpGateway:
     name = "http"
 
@@ -117,7 +129,7 @@ class HttpGateway:
         except TimeoutError:
             return SendResult("failed", reason="timeout")
         except aiohttp.ClientError as exc:
-            return SendResult("failed", reason=type(exc).__name__)
+            return SendResult("failed", reason=_http_reason(exc))
 
     async def close(self) -> None:
         if self._http is not None:
@@ -130,8 +142,14 @@ class _SmscRefused(Exception):
 
 
 class SmppGateway:
-    """SMPP 3.4 transmitter (smpplib is blocking: it runs in a worker thread,
-    one message at a time, over one bound connection kept open)."""
+    """SMPP 3.4 transmitter (smpplib is blocking: it runs in a worker thread of
+    its own, one message at a time, over one bound connection kept open).
+
+    A send waits at most ``timeout`` for its turn, then fails (``smpp busy``):
+    an SMS centre that does not answer makes callers wait one timeout each,
+    not in a queue behind each other, and never ties up the event loop's
+    default worker threads that the rest of the server uses.
+    """
 
     name = "smpp"
 
@@ -143,16 +161,18 @@ class SmppGateway:
         self.timeout = timeout
         self._client: Any = None
         self._lock = threading.Lock()
+        self._turn: asyncio.Lock | None = None
+        self._executor: ThreadPoolExecutor | None = None
 
     def _connect(self) -> Any:
         import smpplib.client
 
         client = smpplib.client.Client(self.host, self.port, timeout=self.timeout, allow_unknown_opt_params=True)
-        client.connect()
         try:
+            client.connect()
             client.bind_transmitter(system_id=self.system_id, password=self.password)
         except Exception:
-            client.disconnect()
+            client.disconnect()  # also closes the socket of a connect that failed
             raise
         return client
 
@@ -188,7 +208,8 @@ class SmppGateway:
 
     def _send_blocking(self, to: str, text: str, sender: str) -> SendResult:
         with self._lock:
-            for attempt in (1, 2):  # a kept connection may have gone stale: reconnect once
+            for attempt in (1, 2):
+                kept = self._client is not None
                 try:
                     if self._client is None:
                         self._client = self._connect()
@@ -197,8 +218,12 @@ class SmppGateway:
                     return SendResult("failed", reason=str(exc)[:64])
                 except Exception as exc:  # noqa: BLE001 - any SMPP/socket failure is a failed send
                     self._drop()
-                    if attempt == 2:
-                        return SendResult("failed", reason=f"smpp: {type(exc).__name__}: {exc}"[:64])
+                    # only a kept connection that went stale is worth a second try
+                    if attempt == 2 or not kept:
+                        # smpplib turns a socket timeout into a bare ConnectionError()
+                        timed_out = isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError)
+                        what = "timeout" if timed_out else f"{type(exc).__name__}: {exc}"
+                        return SendResult("failed", reason=f"smpp: {what}"[:64])
         return SendResult("failed", reason="smpp")  # pragma: no cover
 
     def _drop(self) -> None:
@@ -209,8 +234,23 @@ class SmppGateway:
                 pass
             self._client = None
 
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="smpp")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
     async def send(self, to: str, text: str, *, sender: str, ref: str) -> SendResult:
-        return await asyncio.to_thread(self._send_blocking, to, text, sender)
+        if self._turn is None:
+            self._turn = asyncio.Lock()
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._turn.acquire()
+        except TimeoutError:
+            return SendResult("failed", reason="smpp busy: the SMS centre is slow")
+        try:
+            return await self._run(self._send_blocking, to, text, sender)
+        finally:
+            self._turn.release()
 
     def _close_blocking(self) -> None:
         with self._lock:
@@ -222,15 +262,20 @@ class SmppGateway:
                 self._drop()
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._close_blocking)
+        if self._executor is None:
+            return
+        await self._run(self._close_blocking)
+        self._executor.shutdown(wait=False)
+        self._executor = None
 
 
 def make_gateway(config: Any) -> SmsGateway:
+    timeout = float(getattr(config, "sms_send_timeout", 5.0))
     if config.sms_gateway == "http":
-        return HttpGateway(config.sms_http_url or "", config.sms_http_secret or "")
+        return HttpGateway(config.sms_http_url or "", config.sms_http_secret or "", timeout=timeout)
     if config.sms_gateway == "smpp":
         return SmppGateway(config.sms_smpp_host or "", config.sms_smpp_port, config.sms_smpp_system_id,
-                           config.sms_smpp_password)
+                           config.sms_smpp_password, timeout=timeout)
     return OutboxGateway()
 
 

@@ -163,7 +163,14 @@ class VoiceFace:
                 await self.present(prompts)
                 return heard.to_input()
             if turn == "unavailable":  # no model for this language: speech is simply off
-                return await self._collect_choice(prompts, expect)
+                inp = await self._collect_choice(prompts, expect)
+                # a model is configured but broken: the trail says why keys were taken
+                why = getattr(self.speech, "why_unavailable", lambda lang: None)(listen.lang) if listen else None
+                if not why:
+                    return inp
+                inp = with_speech(inp, heard)
+                inp.detail["speech"]["why"] = why
+                return inp
             extra = list(listen.keypad) if listen is not None else []
             return with_speech(await self._collect_choice([*prompts, *extra], expect), heard)
         assert listen is not None

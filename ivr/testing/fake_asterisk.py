@@ -118,6 +118,11 @@ class Speak:
     until the server hangs up the socket; ``dtmf`` is pressed after
     ``dtmf_at_ms`` of audio; ``hangup_at_ms`` hangs up the call there.
     ``continuous=False`` sends no frames during silence (a Local channel).
+    Faults of the audio link: ``drop_at_ms`` closes the AudioSocket
+    connection there while the call stays up (``EXEC`` returns -1);
+    ``connect_delay_ms`` connects only that late; ``never_connect`` spends
+    ``connect_delay_ms`` trying and returns -1 without connecting, as
+    Asterisk does when it cannot reach the server.
     ``RECORD FILE`` writes the audio as the recording. A prompt or key
     command that hears it takes it as silence.
     """
@@ -129,6 +134,9 @@ class Speak:
     hangup_at_ms: float | None = None
     continuous: bool = True
     trailing_silence_ms: float = 3000.0
+    drop_at_ms: float | None = None
+    connect_delay_ms: float = 0.0
+    never_connect: bool = False
 
     @classmethod
     def wav(cls, path: str | Path, **options: Any) -> "Speak":
@@ -946,17 +954,28 @@ class FakeAsterisk:
             return AppOutcome(0)
         self.caller.take()
         client = FakeAudioSocketClient(host.strip("[]") or "127.0.0.1", int(port), uuid_text)
-        if isinstance(key, Speak):
-            report = await client.run(key.pcm, speed=key.speed, dtmf=key.dtmf, dtmf_at_ms=key.dtmf_at_ms,
-                                      hangup_at_ms=key.hangup_at_ms, continuous=key.continuous,
-                                      trailing_silence_ms=key.trailing_silence_ms)
-        elif key is CALLER_HANGUP:
-            report = await client.run(b"", hangup_at_ms=0)
-        elif key is SILENCE:
-            report = await client.run(b"", trailing_silence_ms=60_000)
-        else:
-            report = await client.run(b"", dtmf=str(key), trailing_silence_ms=5000)
+        if isinstance(key, Speak) and key.connect_delay_ms:
+            await asyncio.sleep(key.connect_delay_ms / 1000)
+        if isinstance(key, Speak) and key.never_connect:
+            return AppOutcome(-1)
+        dropped = isinstance(key, Speak) and key.drop_at_ms is not None
+        try:
+            if isinstance(key, Speak):
+                cut = key.drop_at_ms if key.drop_at_ms is not None else key.hangup_at_ms
+                report = await client.run(key.pcm, speed=key.speed, dtmf=key.dtmf, dtmf_at_ms=key.dtmf_at_ms,
+                                          hangup_at_ms=cut, continuous=key.continuous,
+                                          trailing_silence_ms=key.trailing_silence_ms)
+            elif key is CALLER_HANGUP:
+                report = await client.run(b"", hangup_at_ms=0)
+            elif key is SILENCE:
+                report = await client.run(b"", trailing_silence_ms=60_000)
+            else:
+                report = await client.run(b"", dtmf=str(key), trailing_silence_ms=5000)
+        except OSError:  # like Asterisk: "could not connect to AudioSocket server", the application fails
+            return AppOutcome(-1)
         self.audiosocket_reports.append(report)
+        if dropped:  # the link failed, the caller is still there
+            return AppOutcome(-1)
         if report.hung_up:
             self._hang_up("caller")
             return AppOutcome(-1)

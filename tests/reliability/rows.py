@@ -76,17 +76,17 @@ row("db.writer-back-pressure", "Faults: database",
 
 # --- Faults: speech --------------------------------------------------------
 row("speech.model-missing", "Faults: speech",
-    "Vosk model missing or corrupt",
-    "menus fall back to keys; the trail says why")
+    "Vosk model missing or corrupt (truncated or garbage files, one of which crashes Kaldi)",
+    "the server starts; menus fall back to keys; one warning; the trail says why")
 row("speech.pool-exhausted", "Faults: speech",
-    "Recogniser pool exhausted",
-    "the caller who finds no recogniser gets keys; others unaffected")
+    "Recogniser pool exhausted (one recogniser, four callers)",
+    "the caller who finds no recogniser gets keys with the keypad prompt; others unaffected")
 row("speech.audiosocket-never-connects", "Faults: speech",
-    "AudioSocket never connects",
-    "menu falls back to keys within its timeout")
+    "AudioSocket never connects (unreachable, too late, wrong address)",
+    "menu falls back to keys within its timeout; nothing left in the AudioSocket server")
 row("speech.audiosocket-drops", "Faults: speech",
     "AudioSocket disconnects mid-utterance",
-    "menu falls back to keys; the call goes on")
+    "menu falls back to keys; the call goes on; no stream, task or socket left")
 
 # --- Faults: back-end look-ups ---------------------------------------------
 row("lookup.timeout", "Faults: look-ups",
@@ -96,13 +96,18 @@ row("lookup.http-500", "Faults: look-ups",
 row("lookup.malformed-json", "Faults: look-ups",
     "Back-end returns malformed JSON", "flow takes its failure branch")
 row("lookup.huge-body", "Faults: look-ups",
-    "Back-end returns a huge body", "flow takes its failure branch; memory bounded")
+    "Back-end returns a 50 MB body (streamed, or with a declared length)",
+    "flow takes its failure branch; memory bounded")
+row("lookup.connection-reset", "Faults: look-ups",
+    "Back-end resets the connection", "flow takes its failure branch")
 
 # --- Faults: SMS -----------------------------------------------------------
 row("sms.gateway-down", "Faults: SMS",
-    "SMS gateway down", "caller is told, the trail says why, the call goes on")
+    "SMS gateway down (HTTP and SMPP: connection refused)",
+    "caller is told, the trail says why, the call goes on")
 row("sms.gateway-slow", "Faults: SMS",
-    "SMS gateway slow", "nothing blocks: the call goes on within the send timeout")
+    "SMS gateway slow (HTTP relay answers late, SMPP centre never answers)",
+    "nothing blocks: the call goes on within the send timeout; other calls unaffected")
 
 # --- Hostile input: parsers ------------------------------------------------
 row("fuzz.agi-reply", "Hostile input: parsers",
