@@ -252,8 +252,23 @@ class _Spill:
         self._lock: Any = None
 
     def open(self) -> int:
-        """Take the file (one store per file: a second one in use gets its own
-        ``<name>.<pid>-<n>`` file) and count what a previous run left there."""
+        """Count what a previous run left (taking the file if there is one); returns
+        that count. Nothing is created until something is spilled."""
+        if not self.path.exists():
+            return 0
+        self._claim()
+        inherited = 0
+        if self.path.exists():
+            with self.path.open("rb") as f:
+                inherited = sum(1 for line in f if line.endswith(b"\n"))
+        self.pending = inherited
+        return inherited
+
+    def _claim(self) -> None:
+        """Lock the file for this store (one store per file: a second one gets its
+        own ``<name>.<pid>-<n>`` file)."""
+        if self._lock is not None:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         base, n = self.path, 0
         while True:
@@ -268,12 +283,6 @@ class _Spill:
         if base != self.path:
             log.warning("trail spill file %s is in use by another store; using %s", self.path, base)
         self.path, self._lock = base, lock
-        inherited = 0
-        if self.path.exists():
-            with self.path.open("rb") as f:
-                inherited = sum(1 for line in f if line.endswith(b"\n"))
-        self.pending = inherited
-        return inherited
 
     def inherited_ticket(self) -> int:
         self._inherited_next -= 1
@@ -281,6 +290,7 @@ class _Spill:
 
     def append(self, record: dict[str, Any]) -> None:
         if self._out is None:
+            self._claim()
             self._out = self.path.open("ab")
         self._out.write(json.dumps(record, separators=(",", ":")).encode() + b"\n")
         self.pending += 1
@@ -327,6 +337,7 @@ class _Spill:
     def prepend(self, records: list[dict[str, Any]]) -> None:
         """Put ``records`` before the lines not read back yet (atomically)."""
         self.sync()
+        self._claim()
         rest = b""
         if self.path.exists():
             with self.path.open("rb") as f:

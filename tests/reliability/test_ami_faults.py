@@ -96,7 +96,6 @@ async def test_drop_at_every_moment_of_an_originate_dials_once(tmp_path, rel):
     app = app_for(store)
     cases = [(stage, outcome) for stage in DROP_STAGES for outcome in ("answered", "busy")]
     lost = twice = 0
-    trail_lines = []
     try:
         sched.start()
         for n, (stage, outcome) in enumerate(cases):
@@ -121,7 +120,6 @@ async def test_drop_at_every_moment_of_an_originate_dials_once(tmp_path, rel):
             results = [e["data"] for e in await store.events(sid) if e["kind"] == "callback_result"]
             twice += max(0, len(executed) - 1)
             lost += 0 if executed and results and results[-1]["outcome"] == outcome else 1
-            trail_lines.append(f"{stage}/{outcome}: " + ", ".join(r["outcome"] for r in results))
             # exactly one Originate produced a channel (rang the customer)
             assert len(executed) == 1, (stage, outcome, len(executed))
             # "before": Asterisk never ran the first one; the scheduler sent it again

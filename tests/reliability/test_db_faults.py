@@ -107,7 +107,8 @@ async def demo_server(tmp_path: Path, flows_dir: Path, prompt_cache: Path, datab
         "flows_dir": str(flows_dir), "database_url": database_url,
         "agi_port": 0, "http_port": 0, "reload_interval": 0, "shutdown_grace": 5,
         "sounds_dir": str(tmp_path / "sounds"), "prompt_cache_dir": str(prompt_cache),
-        "prompt_render_during_calls": False, "log_trail": False, **extra,
+        "prompt_render_during_calls": False, "log_trail": False,
+        "trail_spill_path": str(tmp_path / "trail-spill.jsonl"), **extra,
     }, env={})
     app = await build_app(config, clock=lambda: OFFICE_HOURS)
     runner, _ = await start_app(app)
