@@ -26,8 +26,22 @@ Dialling (``Originate`` with ``Async``, outcome from ``OriginateResponse``):
 Outcomes and hang-up causes go on the session's trail (``callback_attempt``,
 ``callback_result``). Busy / no answer / failed: retried after
 ``retry_interval`` until ``max_attempts``; then the request fails with the
-reason. When the AMI link drops during an Originate, the outcome is unknown:
-the request goes back to pending (the attempt is not counted) and is retried.
+reason.
+
+Never lost, never rung twice. Each Originate carries a fresh ChannelId, also
+passed as the inherited variable ``IVR_CALLBACK_DIAL`` and stored in the
+request (``call_uniqueid``) before it is sent; the callback dialplan notes in
+Asterisk's database (AstDB ``ivr-callback/<id>``) that it rings the customer
+(``DIALLING``), then the ``DIALSTATUS`` (``ANSWER`` once they are in the
+queue). When the AMI link drops during an Originate, or a scheduler reclaims
+a request whose previous scheduler died mid-dial, the outcome is unknown: the
+scheduler waits for the link and reads the note back (``DBGet``; Asterisk does
+not replay the events missed meanwhile). No note, twice ``ORIGINATE_SETTLE``
+apart: the customer was not rung;
+the request goes back to pending (the attempt is not counted) and is dialled
+again. A note: the attempt happened and ends with the noted status, exactly as
+if the ``OriginateResponse`` had arrived (``DIALLING`` for longer than the
+dial timeout: outcome ``unknown``, counted).
 """
 
 from __future__ import annotations
@@ -55,6 +69,11 @@ log = logging.getLogger("callback.scheduler")
 SUCCESS = "answered"
 #: Seconds to wait before retrying when AMI failed us (the outcome is unknown).
 AMI_RETRY_DELAY = 2.0
+#: Seconds between reads of a dial's AstDB note while it says DIALLING.
+NOTE_POLL = 1.0
+#: No note yet: read once more after this long before concluding the customer
+#: was not rung (an Originate Asterisk accepted may take a moment to start).
+ORIGINATE_SETTLE = 2.0
 DIAL_STATUS = {"ANSWER": "answered", "BUSY": "busy", "NOANSWER": "noanswer", "CONGESTION": "congestion",
                "CHANUNAVAIL": "unavailable", "CANCEL": "cancelled", "DONTCALL": "refused", "TORTURE": "refused"}
 
@@ -242,6 +261,14 @@ class CallbackScheduler:
         mode = row["mode"]
         started = time.monotonic()
         try:
+            if row.get("reclaimed_from") and row.get("call_uniqueid"):
+                # the previous scheduler died mid-dial: did its call ring the customer?
+                verdict = await self._read_back(row["call_uniqueid"])
+                if verdict is not None:
+                    await self._finish(row, verdict, None, cause=None, recount=True,
+                                       note=f"attempt of {row['reclaimed_from']}, which stopped mid-dial; "
+                                            "outcome read back from Asterisk")
+                    return
             session = await self._session_vars(row["session_id"])
             from ivr.handoff.core import normalize_interface
 
@@ -262,6 +289,7 @@ class CallbackScheduler:
                 names.VAR_CALLBACK_QUEUE: row["queue"],
                 names.VAR_CALLBACK_PRIO: str(int(row["priority"] or 0)),
                 names.VAR_CALLBACK_NUMBER: row["number"],
+                names.INHERIT + names.VAR_CALLBACK_DIAL: channel_id,
             }
             if mode == "agent_first":
                 if self.handoff is not None:
@@ -280,7 +308,17 @@ class CallbackScheduler:
                     channel, context=names.CONTEXT_CALLBACK, exten=exten, variables=variables,
                     caller_id=self.caller_id, timeout_ms=int(self.dial_timeout * 1000), channel_id=channel_id)
             except (AmiDisconnected, AmiActionTimeout) as exc:
-                await self._ami_lost(row, f"{type(exc).__name__}: {exc}")
+                why = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, AmiDisconnected) and not exc.sent:
+                    await self._ami_lost(row, why)  # it never left: nothing was dialled
+                    return
+                verdict = await self._read_back(channel_id)
+                if verdict is None:
+                    await self._ami_lost(row, why + "; Asterisk has no note of the dial")
+                else:
+                    await self._finish(row, verdict, None, cause=None,
+                                       seconds=round(time.monotonic() - started, 2),
+                                       note=f"{why}; outcome read back from Asterisk")
                 return
             except AmiActionError as exc:
                 await self._finish(row, "failed", f"Asterisk refused the Originate: {exc}", cause=None)
@@ -311,6 +349,33 @@ class CallbackScheduler:
             self._hangups.pop(channel_id, None)
             self._dial_events.pop(request_id, None)
 
+    async def _read_back(self, dial_id: str) -> str | None:
+        """What the dialplan noted for one dial, once the AMI link is back: an
+        outcome (``answered``, ``busy`` …, ``unknown``), or None if the customer
+        was not rung. Waits for the link (the lease is renewed meanwhile)."""
+        key = "".join(ch for ch in dial_id if ch.isalnum() or ch == "-")
+        deadline = time.monotonic() + self.dial_timeout + 10
+        settled = False
+        while True:
+            try:
+                await self.ami.wait_connected(None)
+                note = await self.ami.db_get(names.ASTDB_CALLBACK, key, timeout=5.0)
+            except (AmiDisconnected, AmiActionTimeout) as exc:
+                log.info("callback dial %s: cannot read its note yet (%s)", dial_id, exc)
+                await asyncio.sleep(NOTE_POLL)
+                continue
+            if note is None:
+                if settled:
+                    return None
+                settled = True
+                await asyncio.sleep(ORIGINATE_SETTLE)
+                continue
+            if note.upper() != "DIALLING":
+                return DIAL_STATUS.get(note.upper(), note.lower() or "unknown")
+            if time.monotonic() > deadline:
+                return "unknown"
+            await asyncio.sleep(NOTE_POLL)  # still ringing (or talking, agent-first)
+
     def _on_hangup(self, event: Any) -> None:
         waiter = self._hangups.get(str(event.get("Uniqueid", "")))
         if waiter is not None and not waiter.done():
@@ -338,10 +403,14 @@ class CallbackScheduler:
             log.warning("callback %s: %s; will retry", row["id"], why)
 
     async def _finish(self, row: dict[str, Any], outcome: str, reason: str | None, *, cause: Any,
-                      seconds: float | None = None) -> None:
+                      seconds: float | None = None, note: str | None = None, recount: bool = False) -> None:
+        """Record an attempt's outcome. ``recount``: it is the previous claim's
+        attempt (read back), so this claim's count is taken back."""
         now = _now()
-        attempts, limit = row["attempts"], row["max_attempts"]
+        attempts, limit = row["attempts"] - (1 if recount else 0), row["max_attempts"]
         data: dict[str, Any] = {"outcome": outcome, "attempt": attempts}
+        if note:
+            data["note"] = note
         if cause:
             data.update(cause=cause.get("cause"), cause_txt=cause.get("cause_txt"))
         if seconds is not None:
@@ -359,6 +428,8 @@ class CallbackScheduler:
             data.update(status="pending", retry_at=retry_at.isoformat(), reason=reason or outcome)
         values.update(claimed_by=None if values["status"] == "pending" else self.server_id, lease_until=None,
                       updated_at=now, last_outcome=outcome[:32], last_reason=(reason or outcome)[:500])
+        if recount:
+            values["attempts"] = CB.c.attempts - 1
         async with self._writing() as conn:
             result = await conn.execute(update(CB).where(
                 CB.c.id == row["id"], CB.c.claimed_by == self.server_id, CB.c.status == "dialling").values(values))

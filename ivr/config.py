@@ -39,6 +39,13 @@ class Config(BaseModel):
     trail_batch_size: int = Field(
         100, ge=1, le=5000,
         description="events per trail write: SQLAlchemy prepares a batch on the event loop, so big ones stall calls")
+    trail_max_queue: int = Field(
+        100_000, ge=1000, description="trail operations held in memory while the database is slow or away; "
+                                       "beyond that they are spilled to trail_spill_path")
+    trail_spill_path: str = Field(
+        "", description="append-only file trail operations are spilled to when the memory buffer is full; replayed "
+                        "into the database when it is back, also at the next start (empty: next to the SQLite "
+                        "file, <file>-spill.jsonl, or var/trail-spill.jsonl for PostgreSQL)")
     shutdown_grace: float = Field(30.0, description="seconds calls may take to finish on SIGTERM")
     reload_interval: float = Field(2.0, description="seconds between checks for changed flow files (0: off)")
     ami_host: str | None = Field(None, description="Asterisk Manager Interface host (unset: no AMI)")

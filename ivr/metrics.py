@@ -149,6 +149,13 @@ class AppCollector:
                                   value=store.write_errors)
         yield GaugeMetricFamily("ivr_trail_queue_size", "Trail operations waiting to be written",
                                 value=store.queue_size)
+        yield GaugeMetricFamily("ivr_trail_spill_size", "Trail operations waiting in the spill file",
+                                value=store.spill_size)
+        yield CounterMetricFamily("ivr_trail_events_spilled",
+                                  "Trail operations spilled to disk because the memory buffer was full",
+                                  value=store.events_spilled)
+        yield CounterMetricFamily("ivr_trail_events_replayed", "Trail operations read back from the spill file",
+                                  value=store.events_replayed)
         latency = store.last_write_latency
         yield GaugeMetricFamily("ivr_trail_write_seconds", "Seconds the last trail transaction took",
                                 value=latency if latency is not None else float("nan"))

@@ -77,6 +77,10 @@ VAR_CALLBACK = "IVR_CALLBACK"                # request id (inherited)
 VAR_CALLBACK_NUMBER = "IVR_CALLBACK_NUMBER"  # digits only
 VAR_CALLBACK_QUEUE = "IVR_CALLBACK_QUEUE"
 VAR_CALLBACK_PRIO = "IVR_CALLBACK_PRIO"
+VAR_CALLBACK_DIAL = "IVR_CALLBACK_DIAL"      # one dial (the Originate's ChannelId; inherited)
+# AstDB family where the callback dialplan notes each dial: <family>/<dial id> =
+# DIALLING, then the DIALSTATUS (ANSWER, BUSY ...); read back with DBGet.
+ASTDB_CALLBACK = "ivr-callback"
 # UserEvent the callback dialplan raises after dialling the customer (agent-first).
 USEREVENT_CALLBACK_DIAL = "IvrCallbackDial"
 # Prompts Asterisk plays by itself while a caller waits in a queue.

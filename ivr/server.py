@@ -28,7 +28,7 @@ from ivr.flow.registry import FlowRegistry
 from ivr.logs import bind_call, setup_logging
 from ivr.lookup import LookupRunner
 from ivr.session import CallDriver
-from ivr.store import TrailStore
+from ivr.store import TrailStore, default_spill_path
 
 log = logging.getLogger("ivr.server")
 
@@ -160,7 +160,9 @@ def create_web_app(app: App) -> web.Application:
 async def build_app(config: Config, *, clock: Callable[[], Any] | None = None) -> App:
     registry = FlowRegistry(config.flows_dir)
     registry.reload()
-    store = await TrailStore.open(config.database_url, batch_size=config.trail_batch_size)
+    store = await TrailStore.open(config.database_url, batch_size=config.trail_batch_size,
+                                  max_queue=config.trail_max_queue,
+                                  spill_path=config.trail_spill_path or default_spill_path(config.database_url))
     lookups = LookupRunner()
     engine = Engine(registry.get)
     backend = config.backend_url or f"http://127.0.0.1:{config.http_port}/demo-api"

@@ -77,6 +77,11 @@ def test_handoff_contexts_match_the_code():
     # caller-influenced values are filtered before they reach an application
     assert "FILTER(0-9+,${IVR_CALLBACK_NUMBER})" in callback
     assert "FILTER(A-Za-z0-9_.-,${IVR_CALLBACK_QUEUE})" in callback
+    # each dial is noted in AstDB, so a scheduler whose AMI link dropped can read it back
+    out = sections[names.CONTEXT_CALLBACK_OUT]
+    note = f"Set(DB({names.ASTDB_CALLBACK}/${{FILTER(A-Za-z0-9-,${{{names.VAR_CALLBACK_DIAL}}})}})="
+    assert note + "DIALLING)" in out and note + "${DIALSTATUS})" in out
+    assert note + "ANSWER)" in callback
     # nothing in the originate contexts runs programs
     for ctx in (names.CONTEXT_CALLBACK, names.CONTEXT_CALLBACK_OUT):
         assert not re.search(r"System\(|TrySystem\(|SHELL\(|AGI\(", sections[ctx]), ctx
@@ -100,6 +105,6 @@ def test_manager_conf_is_least_privilege():
     assert re.search(r"^deny = 0\.0\.0\.0/0\.0\.0\.0$", user, re.M) and "permit = " in user
     write = re.search(r"^write = (.*)$", user, re.M).group(1).replace(" ", "").split(",")
     read = re.search(r"^read = (.*)$", user, re.M).group(1).replace(" ", "").split(",")
-    assert sorted(write) == ["call", "originate"]
+    assert sorted(write) == ["call", "originate", "reporting"]  # reporting: DBGet (callbacks after an AMI drop)
     assert sorted(read) == ["agent", "call", "user"]
     assert not {"system", "command", "config", "all"} & set(write + read)

@@ -505,6 +505,25 @@ class AmiClient:
         value = response.get("Value", "")
         return value[-1] if isinstance(value, list) else str(value)
 
+    async def db_get(self, family: str, key: str, *, timeout: float | None = None) -> str | None:
+        """Value of AstDB ``family``/``key`` (``DBGet``), or None if there is no such entry.
+
+        Asterisk answers a list (``DBGetResponse`` then ``DBGetComplete``) or
+        ``Response: Error`` with ``Database entry not found``.
+        """
+        try:
+            messages = await self._list({"Action": "DBGet", "Family": clean_value(family),
+                                         "Key": clean_value(key)}, timeout)
+        except AmiActionError as exc:
+            if "not found" in exc.message.lower():
+                return None
+            raise
+        for message in messages:
+            if message.get("Event") == "DBGetResponse":
+                value = message.get("Val", "")
+                return value[-1] if isinstance(value, list) else str(value)
+        return None
+
     async def setvar(self, channel: str | None, name: str, value: HeaderValue) -> None:
         """Set a channel variable (or global, if ``channel`` is None).
 

@@ -165,6 +165,8 @@ class Handoff:
         self._transfers: dict[str, dict[str, Any]] = {}   # session id -> current transfer
         self._connected: dict[str, float] = {}            # session id -> monotonic time of last connect
         self._bridges: dict[str, dict[str, str]] = {}      # bridge id -> {uniqueid: channel}
+        # queue transfers that ended while AMI was down, not yet resolved: session id -> transfer
+        self._unresolved: dict[str, dict[str, Any]] = {}
         self._unsubscribe: list[Any] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         #: measured: AMI event received -> pop published (seconds), last 100
@@ -180,6 +182,7 @@ class Handoff:
                 ami.on_event("BridgeEnter", self._on_bridge_enter),
                 ami.on_event("BridgeLeave", self._on_bridge_leave),
                 ami.on_event("BridgeDestroy", self._on_bridge_destroy),
+                ami.on_state_change(self._on_ami_state),
             ]
 
     async def stop(self) -> None:
@@ -199,11 +202,73 @@ class Handoff:
 
     # ---- the voice face's transfer
     def transfer_started(self, session_id: str, params: dict[str, Any]) -> None:
+        call = self.app.live_calls.get(session_id)
+        ami = self.app.ami
         self._transfers[session_id] = {"queue": params.get("queue"), "extension": params.get("extension"),
-                                       "at": time.monotonic()}
+                                       "at": time.monotonic(), "channel": getattr(call, "channel", None),
+                                       "outage": ami is not None and ami.state != "connected"}
 
     def transfer_ended(self, session_id: str) -> None:
-        self._transfers.pop(session_id, None)
+        transfer = self._transfers.pop(session_id, None)
+        if transfer and transfer.get("outage") and transfer.get("queue") and not self._answered(session_id, transfer):
+            transfer["ended"] = True
+            if self.app.ami is not None and self.app.ami.state == "connected":
+                self._spawn(self._recover_one(session_id, transfer))
+            else:
+                self._unresolved[session_id] = transfer
+                if len(self._unresolved) > 5000:  # a very long outage: the oldest stay unknown
+                    del self._unresolved[next(iter(self._unresolved))]
+
+    # ---- AMI outages: who answered while the link was down
+    def _answered(self, session_id: str, transfer: dict[str, Any]) -> bool:
+        return self._connected.get(session_id, -1e9) >= transfer["at"]
+
+    def _on_ami_state(self, state: Any) -> None:
+        """AgentConnect events sent while the link is down are lost (Asterisk does
+        not replay them). Mark the queue transfers that span an outage; when the
+        link is back, ask Asterisk who answered them."""
+        if state != "connected":
+            for transfer in self._transfers.values():
+                transfer["outage"] = True
+            return
+        for sid, transfer in [*self._transfers.items(), *self._unresolved.items()]:
+            if transfer.get("outage") and transfer.get("queue") and not self._answered(sid, transfer):
+                self._spawn(self._recover_one(sid, transfer))
+        self._unresolved.clear()
+
+    async def _recover_one(self, session_id: str, transfer: dict[str, Any]) -> None:
+        """Read ``MEMBERINTERFACE``/``MEMBERNAME``, which Queue() sets on the caller's
+        channel when a member answers; record the connection (and pop the desk)
+        or, when the channel is gone, that who answered is unknown."""
+        from ivr.ami import AmiActionError, AmiError
+
+        channel = transfer.get("channel")
+        reason = None
+        interface = name = ""
+        if not channel:
+            reason = "the AMI link was down during the queue call and the caller's channel is not known"
+        else:
+            try:
+                interface = await self.app.ami.getvar(channel, "MEMBERINTERFACE")
+                name = await self.app.ami.getvar(channel, "MEMBERNAME") if interface else ""
+            except AmiActionError as exc:
+                reason = (f"the AMI link was down during the queue call and the call had ended when it "
+                          f"returned ({exc.message}): who answered, if anyone, is unknown")
+            except AmiError as exc:  # the link dropped again: try at the next reconnect
+                log.warning("session %s: cannot ask who answered yet: %s", session_id, exc)
+                if transfer.get("ended"):
+                    self._unresolved[session_id] = transfer
+                return
+        if self._answered(session_id, transfer):
+            return  # AgentConnect arrived meanwhile
+        if interface:
+            transfer["recovered"] = True
+            await self.connect(session_id, interface=normalize_interface(interface), agent=name or interface,
+                               queue=transfer.get("queue"), via="MEMBERINTERFACE",
+                               extra={"note": "AMI link was down when the agent answered; read from the "
+                                              "caller's channel when it returned"})
+        elif reason:
+            self.record(session_id, "agent_unknown", None, {"queue": transfer.get("queue"), "reason": reason})
 
     def record(self, session_id: str, kind: str, node: str | None, data: dict[str, Any],
                channel: str = "voice") -> None:
@@ -255,6 +320,9 @@ class Handoff:
         sid = await self.owned_session(event)
         if sid is None:
             return
+        transfer = self._transfers.get(sid)
+        if transfer and transfer.get("recovered"):
+            return  # already read back after an AMI outage
         interface = normalize_interface(str(event.get("Interface", ""))) or interface_of_channel(
             str(event.get("DestChannel", "")))
         await self.connect(sid, interface=interface, agent=str(event.get("MemberName", "") or interface),

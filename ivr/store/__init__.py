@@ -7,12 +7,13 @@
 
 from .engine import make_engine, normalize_url
 from .migrations import migrate
-from .store import TrailStore
+from .store import TrailStore, default_spill_path
 from .summary import build_summary, handoff, person_reason
 
 __all__ = [
     "TrailStore",
     "build_summary",
+    "default_spill_path",
     "handoff",
     "make_engine",
     "migrate",

@@ -17,6 +17,22 @@ another server). Should two processes append to one session at the same time,
 the unique ``(session_id, seq)`` index rejects the clash and the writer re-reads
 the offset, so events are never overwritten or lost.
 
+Exactly once. A transaction whose outcome is unknown (the connection died
+during the ``COMMIT``, e.g. ``pg_terminate_backend``) is retried only after
+checking what it already wrote: sessions whose row exists and events whose
+``(session_id, seq)`` row exists with the same kind and timestamp are not
+written again, so a retry never duplicates an event.
+
+Bounded memory. At most ``max_queue`` operations wait in memory. When the
+database is away long enough to fill that, further operations are spilled to
+an append-only JSON-lines file (``spill_path``, fsynced in batches) and
+replayed into the database, in order, once it is back; while the file holds
+operations, new ones go behind them, so each session's order is kept. A store
+closed while the database is still away spills what it holds in memory too,
+and the next store opened on the same ``spill_path`` replays the file first
+(idempotently, as above). Without a ``spill_path``, operations beyond
+``max_queue`` are refused: logged and counted in ``events_dropped``.
+
 An operation the database refuses for good (events for a session that does not
 exist, a value it cannot store) is isolated: the batch is retried session by
 session, then operation by operation, and only the refused operation is dropped
@@ -28,28 +44,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
+import json
 import logging
 import math
+import os
 import time
 import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
 from datetime import time as dtime
+from pathlib import Path
 from typing import Any, Literal, cast
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, tuple_, update
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import models
-from .engine import WRITE_OPTION, make_engine
+from .engine import WRITE_OPTION, make_engine, normalize_url
 from .migrations import migrate as run_migrations
 from .models import events_table as EV
 from .models import sessions_table as SE
 from .summary import build_summary, person_reason
 
-__all__ = ["TrailStore"]
+__all__ = ["TrailStore", "default_spill_path"]
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +208,8 @@ class _Op:
     enqueued: float
     local: int = 0
     result: Any = None
+    #: an earlier attempt may have committed it (replayed from a previous run)
+    maybe_written: bool = False
 
 
 def _by_session(ops: list[_Op]) -> list[list[_Op]]:
@@ -195,6 +217,155 @@ def _by_session(ops: list[_Op]) -> list[list[_Op]]:
     for op in ops:
         groups.setdefault(op.session_id, []).append(op)
     return list(groups.values())
+
+
+def default_spill_path(url: str | None) -> Path:
+    """Where a store on ``url`` spills: ``<file>-spill.jsonl`` next to a SQLite
+    database, ``var/trail-spill.jsonl`` otherwise."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(normalize_url(url))
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        return Path(parsed.database).with_name(Path(parsed.database).name + "-spill.jsonl")
+    return Path("var/trail-spill.jsonl")
+
+
+class _Spill:
+    """The append-only file operations go to when the in-memory queue is full.
+
+    One JSON object per line. Appends are buffered and fsynced in batches (at
+    most ``FSYNC_DELAY`` seconds after the first unsynced line, and before
+    anything is read back). The file is emptied once every line in it is read
+    back and written to the database.
+    """
+
+    FSYNC_DELAY = 0.05
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.token = uuid.uuid4().hex  # tells this run's lines from a previous run's
+        self.pending = 0  # lines not yet read back
+        self._out: Any = None
+        self._read_pos = 0
+        self._inherited_next = 0
+        self._sync_handle: asyncio.TimerHandle | None = None
+        self._lock: Any = None
+
+    def open(self) -> int:
+        """Count what a previous run left (taking the file if there is one); returns
+        that count. Nothing is created until something is spilled."""
+        if not self.path.exists():
+            return 0
+        self._claim()
+        inherited = 0
+        if self.path.exists():
+            with self.path.open("rb") as f:
+                inherited = sum(1 for line in f if line.endswith(b"\n"))
+        self.pending = inherited
+        return inherited
+
+    def _claim(self) -> None:
+        """Lock the file for this store (one store per file: a second one gets its
+        own ``<name>.<pid>-<n>`` file)."""
+        if self._lock is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        base, n = self.path, 0
+        while True:
+            lock = base.with_name(base.name + ".lock").open("a")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                lock.close()
+                n += 1
+                base = self.path.with_name(f"{self.path.name}.{os.getpid()}-{n}")
+        if base != self.path:
+            log.warning("trail spill file %s is in use by another store; using %s", self.path, base)
+        self.path, self._lock = base, lock
+
+    def inherited_ticket(self) -> int:
+        self._inherited_next -= 1
+        return self._inherited_next  # below every real ticket: never "done" by mistake
+
+    def append(self, record: dict[str, Any]) -> None:
+        if self._out is None:
+            self._claim()
+            self._out = self.path.open("ab")
+        self._out.write(json.dumps(record, separators=(",", ":")).encode() + b"\n")
+        self.pending += 1
+        if self._sync_handle is None:
+            self._sync_handle = asyncio.get_running_loop().call_later(self.FSYNC_DELAY, self.sync)
+
+    def sync(self) -> None:
+        if self._sync_handle is not None:
+            self._sync_handle.cancel()
+            self._sync_handle = None
+        if self._out is not None:
+            self._out.flush()
+            os.fsync(self._out.fileno())
+
+    def read(self, limit: int) -> list[dict[str, Any]]:
+        """The next ``limit`` lines, oldest first."""
+        self.sync()
+        records: list[dict[str, Any]] = []
+        with self.path.open("rb") as f:
+            f.seek(self._read_pos)
+            while len(records) < limit:
+                line = f.readline()
+                if not line.endswith(b"\n"):
+                    break  # end of file (or a line torn by a crash: not counted)
+                self._read_pos = f.tell()
+                self.pending -= 1
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    log.error("trail spill file %s: unreadable line skipped", self.path)
+        if not records and self.pending:
+            self.pending = 0  # the counted lines are gone (file removed under us)
+        return records
+
+    def drained(self) -> None:
+        """Every line is read back and written: empty the file."""
+        if self.pending or (self._read_pos == 0 and self._out is None):
+            return
+        self.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        self._read_pos = 0
+
+    def prepend(self, records: list[dict[str, Any]]) -> None:
+        """Put ``records`` before the lines not read back yet (atomically)."""
+        self.sync()
+        self._claim()
+        rest = b""
+        if self.path.exists():
+            with self.path.open("rb") as f:
+                f.seek(self._read_pos)
+                rest = f.read()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("wb") as f:
+            for record in records:
+                f.write(json.dumps(record, separators=(",", ":")).encode() + b"\n")
+            f.write(rest)
+            f.flush()
+            os.fsync(f.fileno())
+        self.close()
+        os.replace(tmp, self.path)
+        self._read_pos = 0
+        self.pending += len(records)
+
+    def close(self) -> None:
+        if self._out is not None:
+            self.sync()
+            self._out.close()
+            self._out = None
+
+    def release(self) -> None:
+        self.close()
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None
 
 
 # --------------------------------------------------------------------------- store
@@ -212,7 +383,9 @@ class TrailStore:
     ``events_dropped``, ``batches_written``, ``write_errors``,
     ``last_write_latency`` (seconds of the last committed transaction),
     ``last_write_delay`` (seconds from append to commit of the oldest operation
-    of that batch), ``last_error`` and :attr:`queue_size`.
+    of that batch), ``last_error``, :attr:`queue_size`, ``events_spilled``
+    (operations written to the spill file), ``events_replayed`` (operations
+    read back from it) and :attr:`spill_size` (operations waiting in it).
     """
 
     #: Forget the bookkeeping of a session nobody wrote to for this long.
@@ -225,9 +398,13 @@ class TrailStore:
         batch_size: int = 500,
         linger: float = 0.05,
         max_backoff: float = 5.0,
+        max_queue: int = 100_000,
+        spill_path: str | os.PathLike[str] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if max_queue < batch_size:
+            raise ValueError("max_queue must be at least batch_size")
         self.engine = engine
         self._write_engine = engine.execution_options(**{WRITE_OPTION: True})
         self.batch_size = batch_size
@@ -241,7 +418,15 @@ class TrailStore:
         self.last_write_latency: float | None = None
         self.last_write_delay: float | None = None
         self.last_error: str | None = None
+        self.max_queue = max_queue
+        self.events_spilled = 0
+        self.events_replayed = 0
+        self.events_deduplicated = 0  # already written by an attempt whose outcome was unknown
+        self._deduplicated = 0
 
+        self._spill = _Spill(Path(spill_path)) if spill_path is not None else None
+        self._spill_ends: dict[int, _Op] = {}  # spilled end ops: their caller awaits op.result
+        self._inherited: dict[str, _Live] = {}  # sessions of spilled ops of a previous run
         self._queue: deque[_Op] = deque()
         self._inflight: list[_Op] = []
         self._live: dict[str, _Live] = {}
@@ -268,11 +453,14 @@ class TrailStore:
         batch_size: int = 500,
         linger: float = 0.05,
         max_backoff: float = 5.0,
+        max_queue: int = 100_000,
+        spill_path: str | os.PathLike[str] | None = None,
         **engine_options: Any,
     ) -> TrailStore:
         """Connect (see :func:`normalize_url`), migrate to head, start the writer.
 
         ``engine_options`` go to :func:`make_engine` (e.g. ``connect_args``).
+        Operations a previous store left in ``spill_path`` are written first.
         """
         engine = make_engine(url, sqlite_busy_timeout=sqlite_busy_timeout, **engine_options)
         try:
@@ -281,13 +469,19 @@ class TrailStore:
         except BaseException:
             await engine.dispose()
             raise
-        store = cls(engine, batch_size=batch_size, linger=linger, max_backoff=max_backoff)
+        store = cls(engine, batch_size=batch_size, linger=linger, max_backoff=max_backoff,
+                    max_queue=max_queue, spill_path=spill_path)
         store.start()
         return store
 
     def start(self) -> None:
         """Start the background writer (``open`` does it)."""
         if self._writer is None:
+            if self._spill is not None:
+                inherited = self._spill.open()
+                if inherited:
+                    log.warning("trail store: replaying %d operations spilled to %s by a previous run",
+                                inherited, self._spill.path)
             self._writer = asyncio.get_running_loop().create_task(
                 self._run(), name="ivr-trail-writer"
             )
@@ -310,12 +504,23 @@ class TrailStore:
                 self._writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._writer
-                lost = [op for op in [*self._inflight, *self._queue] if op.kind == "event"]
-                self.events_dropped += len(lost)
-                log.error(
-                    "trail store closed with the database unreachable: %d events not written",
-                    len(lost),
-                )
+                held = [*self._inflight, *self._queue]
+                if self._spill is not None:
+                    # in front of what is spilled already: the next store writes them first
+                    self._spill.prepend([self._record(op) for op in held])
+                    log.error(
+                        "trail store closed with the database unreachable: %d operations kept in %s "
+                        "(%d in all), written by the next start",
+                        len(held), self._spill.path, self._spill.pending)
+                else:
+                    lost = [op for op in held if op.kind == "event"]
+                    self.events_dropped += len(lost)
+                    log.error(
+                        "trail store closed with the database unreachable: %d events not written",
+                        len(lost),
+                    )
+        if self._spill is not None:
+            self._spill.release()
         async with self._written:
             self._written.notify_all()
         await self.engine.dispose()
@@ -328,8 +533,59 @@ class TrailStore:
 
     @property
     def queue_size(self) -> int:
-        """Operations waiting to be written (including the batch being written)."""
+        """Operations waiting in memory (including the batch being written); at most
+        ``max_queue`` plus one batch."""
         return len(self._queue) + len(self._inflight)
+
+    @property
+    def spill_size(self) -> int:
+        """Operations waiting in the spill file."""
+        return self._spill.pending if self._spill is not None else 0
+
+    # ----------------------------------------------------------------- spill
+
+    def _record(self, op: _Op) -> dict[str, Any]:
+        values = dict(op.values)
+        dates = [k for k, v in values.items() if isinstance(v, datetime)]
+        for k in dates:
+            values[k] = values[k].isoformat()
+        return {"p": self._spill.token if self._spill else "", "t": op.ticket, "k": op.kind,
+                "s": op.session_id, "l": op.local, "o": op.live.offset, "v": values, "d": dates}
+
+    def _spill_op(self, op: _Op) -> None:
+        assert self._spill is not None
+        self._spill.append(self._record(op))
+        if op.kind == "end":
+            self._spill_ends[op.ticket] = op
+        self.events_spilled += 1
+        if self._spill.pending == 1:
+            log.warning("trail store: %d operations in memory; spilling to %s until the database "
+                        "catches up", len(self._queue), self._spill.path)
+
+    def _unspill(self, limit: int) -> None:
+        """Move up to ``limit`` spilled operations (the oldest) into the queue."""
+        assert self._spill is not None
+        for rec in self._spill.read(limit):
+            values = rec["v"]
+            for k in rec.get("d", ()):
+                values[k] = datetime.fromisoformat(values[k])
+            sid = rec["s"]
+            if rec["p"] == self._spill.token:
+                ticket = rec["t"]
+                op = self._spill_ends.pop(ticket, None)
+                if op is None:
+                    live = self._live.get(sid) or _Live(offset=rec["o"], pending=1)
+                    op = _Op(ticket, rec["k"], sid, live, values, 0.0, rec["l"])
+            else:  # a previous run's: its own bookkeeping, and it may be written already
+                live = self._inherited.get(sid)
+                if live is None:
+                    live = self._inherited[sid] = _Live(offset=rec["o"])
+                live.pending += 1
+                ticket = self._spill.inherited_ticket()
+                op = _Op(ticket, rec["k"], sid, live, values, 0.0, rec["l"], maybe_written=True)
+            op.enqueued = time.monotonic() - self.linger
+            self._queue.append(op)
+            self.events_replayed += 1
 
     # ----------------------------------------------------------------- writes
 
@@ -346,10 +602,24 @@ class TrailStore:
     ) -> _Op:
         if self._closed:
             raise RuntimeError("the trail store is closed")
+        if self._spill is None and len(self._queue) >= self.max_queue:
+            if kind == "event":
+                self.events_dropped += 1
+            if self.events_dropped % 1000 == 1:
+                log.error("trail store: %d operations waiting and no spill file; %s for session %s "
+                          "refused (%d events refused so far)", len(self._queue), kind, session_id,
+                          self.events_dropped)
+            # refused, not queued: a waiter on it must not hang
+            return _Op(0, kind, session_id, live, values, time.monotonic(), local)
         self._ticket += 1
         op = _Op(self._ticket, kind, session_id, live, values, time.monotonic(), local)
         live.pending += 1
         live.last_ticket = op.ticket
+        if self._spill is not None and (self._spill.pending or len(self._queue) >= self.max_queue):
+            self._spill_op(op)  # behind what is spilled already: order kept
+            if self._spill.pending == 1:
+                self._poke.set()
+            return op
         self._queue.append(op)
         if len(self._queue) == 1 or len(self._queue) >= self.batch_size:
             self._poke.set()
@@ -508,7 +778,11 @@ class TrailStore:
     async def _run(self) -> None:
         try:
             while True:
+                if not self._queue and self._spill is not None and self._spill.pending:
+                    self._unspill(self.batch_size)
                 if not self._queue:
+                    if self._spill is not None:
+                        self._spill.drained()
                     if self._closing:
                         return
                     self._poke.clear()
@@ -594,13 +868,19 @@ class TrailStore:
         permanent error, :class:`_Refused` is raised.
         """
         offsets_reread = False
+        # an earlier attempt may have committed before its connection died
+        reconcile = any(op.maybe_written for op in ops)
         while True:
             started = time.monotonic()
             try:
-                await self._write(ops)
+                written = await self._write(ops, reconcile=reconcile)
             except Exception as exc:  # sorted below: transient or permanent
                 if not _is_permanent(exc):
+                    reconcile = True
                     await self._back_off(exc, len(ops))
+                    continue
+                if isinstance(exc, IntegrityError) and not reconcile:
+                    reconcile = True
                     continue
                 if isinstance(exc, IntegrityError) and not offsets_reread:
                     offsets_reread = True
@@ -613,8 +893,8 @@ class TrailStore:
             if self._failures:
                 log.warning("trail store writing again after %d failed attempts", self._failures)
                 self._failures = 0
-            written = sum(1 for op in ops if op.kind == "event")
             self.events_written += written
+            self.events_deduplicated += self._deduplicated
             self.batches_written += 1
             self.last_write_latency = now - started
             self.last_write_delay = now - min(op.enqueued for op in ops)
@@ -636,14 +916,22 @@ class TrailStore:
             )
         await asyncio.sleep(delay)
 
-    async def _write(self, ops: list[_Op]) -> None:
-        """One transaction: new sessions, events, latest states, ends, in that order."""
+    async def _write(self, ops: list[_Op], *, reconcile: bool = False) -> int:
+        """One transaction: new sessions, events, latest states, ends, in that order.
+
+        With ``reconcile``, sessions and events an earlier attempt already
+        committed are left out. Returns the number of events written.
+        """
+        self._deduplicated = 0
         async with self._write_engine.begin() as conn:
-            creates = [op.values for op in ops if op.kind == "create"]
+            create_ops = [op for op in ops if op.kind == "create"]
+            event_ops = [op for op in ops if op.kind == "event"]
+            if reconcile:
+                create_ops, event_ops = await self._not_yet_written(conn, create_ops, event_ops)
+            creates = [op.values for op in create_ops]
             if creates:
                 await conn.execute(insert(SE), creates)
 
-            event_ops = [op for op in ops if op.kind == "event"]
             if event_ops:
                 await self._resolve_offsets(conn, event_ops)
                 rows = []
@@ -675,6 +963,37 @@ class TrailStore:
             for op in ops:
                 if op.kind == "end":
                     op.result = await self._end(conn, op)
+        return len(event_ops) + self._deduplicated
+
+    async def _not_yet_written(
+        self, conn: AsyncConnection, create_ops: list[_Op], event_ops: list[_Op]
+    ) -> tuple[list[_Op], list[_Op]]:
+        """Leave out what an attempt whose outcome is unknown already committed."""
+        if create_ops:
+            ids = {op.session_id for op in create_ops}
+            result = await conn.execute(select(SE.c.id).where(SE.c.id.in_(list(ids))))
+            present = {row[0] for row in result.all()}
+            create_ops = [op for op in create_ops if op.session_id not in present]
+        known = [op for op in event_ops if op.live.offset is not None]
+        if known:
+            keys = {(op.session_id, op.live.offset + op.local): op for op in known}  # type: ignore[operator]
+            found: set[tuple[str, int]] = set()
+            key_list = list(keys)
+            for start in range(0, len(key_list), 500):
+                chunk = key_list[start:start + 500]
+                result = await conn.execute(
+                    select(EV.c.session_id, EV.c.seq, EV.c.kind, EV.c.at)
+                    .where(tuple_(EV.c.session_id, EV.c.seq).in_(chunk)))
+                for sid, seq, kind, at in result.all():
+                    op = keys[(sid, seq)]
+                    if kind == op.values["kind"] and _utc(at) == _utc(op.values["at"]):
+                        found.add((sid, seq))  # ours, committed by the lost attempt
+            if found:
+                self._deduplicated = len(found)
+                event_ops = [op for op in event_ops
+                             if op.live.offset is None
+                             or (op.session_id, op.live.offset + op.local) not in found]
+        return create_ops, event_ops
 
     async def _resolve_offsets(self, conn: AsyncConnection, event_ops: list[_Op]) -> None:
         """Set the seq offset of sessions that do not know it from the stored max(seq)."""

@@ -21,7 +21,16 @@ Test controls: :meth:`FakeAmiServer.emit`, :meth:`~FakeAmiServer.replay_events`
 every connection), :meth:`~FakeAmiServer.stop` / :meth:`~FakeAmiServer.start`
 on the same port (an Asterisk restart), :meth:`~FakeAmiServer.delay_action`
 and :meth:`~FakeAmiServer.ignore_action` (slow or silent Asterisk), per-channel
-``Originate`` outcomes, queues, channels and variables.
+``Originate`` outcomes, queues, channels and variables, and
+:meth:`~FakeAmiServer.drop_during_originate` (the link drops at a chosen
+moment of an Originate, which Asterisk carries on with regardless).
+
+Asterisk's database (AstDB) is modelled for ``DBGet``/``DBPut``, and so is the
+shipped callback dialplan's use of it (``asterisk_conf/extensions.conf``,
+``ivr-callback-out``): an Originate that carries ``IVR_CALLBACK_DIAL`` and
+rings a customer notes ``ivr-callback/<dial id>`` = ``DIALLING`` and then the
+``DIALSTATUS`` (``ANSWER`` when the customer answered). Asterisk does not
+replay events a client missed while its link was down; neither does the fake.
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
+
+from ivr import names
 
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
 CRLF = "\r\n"
@@ -56,6 +67,19 @@ ORIGINATE_OUTCOMES: dict[str, tuple[str, int]] = {
 }
 
 UNKNOWN = "<unknown>"
+
+#: DIALSTATUS the callback dialplan notes in AstDB for each Originate outcome.
+DIAL_STATUSES: dict[str, str] = {
+    "answered": "ANSWER", "busy": "BUSY", "noanswer": "NOANSWER",
+    "congestion": "CONGESTION", "hangup": "CANCEL", "failed": "CHANUNAVAIL",
+}
+
+#: Moments of an Originate at which :meth:`FakeAmiServer.drop_during_originate`
+#: cuts the link: ``before`` (Asterisk never runs it), ``after-send`` (it runs;
+#: the link drops before the response), ``after-response`` (it runs; the link
+#: drops right after ``Originate successfully queued``), ``after-answer``
+#: (the customer answered; the link drops before the ``OriginateResponse``).
+DROP_STAGES = ("before", "after-send", "after-response", "after-answer")
 
 #: Q.850 cause a SIP peer reports for each failed Originate outcome.
 HANGUP_CAUSES: dict[str, tuple[int, str]] = {
@@ -269,6 +293,8 @@ class FakeOriginate:
     variables: dict[str, str]
     outcome: str
     action_id: str
+    #: the Uniqueid of the channel it created (its ChannelId when given)
+    uniqueid: str = ""
 
 
 @dataclass(eq=False)
@@ -324,6 +350,9 @@ class FakeAmiServer:
         self.missing_extensions: set[tuple[str, str]] = set()
         #: (channel, context, exten, priority) of each successful Redirect.
         self.redirects: list[tuple[str, str, str, str]] = []
+        #: Asterisk's database: (family, key) -> value (DBGet, DBPut, the callback dialplan).
+        self.astdb: dict[tuple[str, str], str] = {}
+        self._originate_drop: str | None = None
 
         self._server: asyncio.Server | None = None
         self._sessions: set[_Session] = set()
@@ -429,6 +458,18 @@ class FakeAmiServer:
         if outcome not in ORIGINATE_OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r}")
         self.originate_outcomes[channel] = outcome
+
+    def drop_during_originate(self, stage: str) -> None:
+        """Cut every connection at ``stage`` of the next Originate (see
+        :data:`DROP_STAGES`); Asterisk goes on with the call regardless."""
+        if stage not in DROP_STAGES:
+            raise ValueError(f"unknown stage {stage!r}; one of {DROP_STAGES}")
+        self._originate_drop = stage
+
+    def _cut_all(self) -> None:
+        for session in list(self._sessions):
+            session.writer.transport.abort()
+            self._sessions.discard(session)
 
     def actions_named(self, name: str) -> list[Headers]:
         """Recorded actions whose ``Action`` is ``name`` (case-insensitive)."""
@@ -665,6 +706,10 @@ class FakeAmiServer:
         session.send(self._response(action, "Success", Message="Redirect successful"))
 
     def _action_originate(self, session: _Session, action: Headers) -> None:
+        drop, self._originate_drop = self._originate_drop, None
+        if drop == "before":
+            self._cut_all()  # it never reached the manager thread
+            return
         channel = header(action, "Channel")
         if not channel:
             session.send(self._response(action, "Error", Message="Channel not specified"))
@@ -673,25 +718,54 @@ class FakeAmiServer:
         if exten and (context, exten) in self.missing_extensions:
             session.send(self._response(action, "Error", Message="Extension does not exist."))
             return
+        if header(action, "ChannelId") and any(
+                o.uniqueid == header(action, "ChannelId") for o in self.originated):
+            # __ast_channel_alloc refuses a Uniqueid in use; manager.c answers this way
+            session.send(self._response(action, "Error", Message="Originate failed"))
+            return
         outcome = self.originate_outcomes.get(channel, self.default_originate_outcome)
-        self.originated.append(FakeOriginate(action=action, channel=channel,
-                                             variables=originate_variables(action),
-                                             outcome=outcome,
-                                             action_id=header(action, "ActionID")))
+        self.originated.append(FakeOriginate(
+            action=action, channel=channel, variables=originate_variables(action),
+            outcome=outcome, action_id=header(action, "ActionID"),
+            uniqueid=header(action, "ChannelId") or f"{int(self._booted)}.{next(self._uniqueid_seq)}"))
         is_async = header(action, "Async").lower() in ("true", "yes", "1", "on")
-        if is_async:
+        if drop == "after-send":
+            self._cut_all()
+        elif is_async:
             session.send(self._response(action, "Success",
                                         Message="Originate successfully queued"))
+            if drop == "after-response":
+                session.writer.close()  # the response goes out, then the link is gone
+                self._sessions.discard(session)
         loop = asyncio.get_running_loop()
+        # the channel is created and its dialplan starts at once (the customer's phone
+        # rings); the answer, and the OriginateResponse, come originate_delay later
+        loop.call_soon(self._note_dial, action, None)
         handle = loop.call_later(self.originate_delay, self._originate_done,
-                                 session, action, outcome, is_async)
+                                 session, action, outcome, is_async, drop == "after-answer")
         self._timers.add(handle)
 
+    def _note_dial(self, action: Headers, outcome: str | None) -> None:
+        """The shipped callback dialplan's AstDB note (ivr-callback-out):
+        DIALLING when it starts ringing the customer (``outcome`` None), then
+        the DIALSTATUS."""
+        variables = {name.lstrip("_"): value for name, value in originate_variables(action).items()}
+        dial = variables.get(names.VAR_CALLBACK_DIAL, "")
+        channel = header(action, "Channel")
+        rings_customer = f"@{names.CONTEXT_CALLBACK_OUT}" in channel.lower()
+        if dial and rings_customer:
+            key = "".join(ch for ch in dial if ch.isalnum() or ch == "-")
+            self.astdb[(names.ASTDB_CALLBACK, key)] = (
+                "DIALLING" if outcome is None else DIAL_STATUSES.get(outcome, "CHANUNAVAIL"))
+
     def _originate_done(self, session: _Session, action: Headers, outcome: str,
-                        is_async: bool) -> None:
+                        is_async: bool, drop_before_event: bool = False) -> None:
         response, reason = ORIGINATE_OUTCOMES[outcome]
         channel = header(action, "Channel")
         answered = response == "Success"
+        self._note_dial(action, outcome)
+        if drop_before_event:
+            self._cut_all()
         if answered:
             channel = self._channel_name(channel)
             self.add_channel(channel, **originate_variables(action))
@@ -715,7 +789,8 @@ class FakeAmiServer:
         else:
             event += [("Context", header(action, "Context")), ("Exten", header(action, "Exten"))]
         requested_id = header(action, "ChannelId")
-        uniqueid = (requested_id or f"{int(self._booted)}.{next(self._uniqueid_seq)}") if answered else UNKNOWN
+        created = next((o.uniqueid for o in self.originated if o.action is action), "")
+        uniqueid = (requested_id or created) if answered else UNKNOWN
         event += [("Reason", reason), ("Uniqueid", uniqueid),
                   ("CallerIDNum", number), ("CallerIDName", name)]
         if answered:
@@ -731,7 +806,7 @@ class FakeAmiServer:
                 ("Event", "Hangup"), ("Privilege", "call,all"),
                 ("Channel", self._channel_name(header(action, "Channel"))), ("ChannelState", "0"),
                 ("ChannelStateDesc", "Down"), ("CallerIDNum", UNKNOWN), ("CallerIDName", UNKNOWN),
-                ("Uniqueid", requested_id or f"{int(self._booted)}.{next(self._uniqueid_seq)}"),
+                ("Uniqueid", requested_id or created),
                 ("Cause", cause), ("Cause-txt", text)])
 
     def _channel_name(self, requested: str) -> str:
@@ -741,6 +816,37 @@ class FakeAmiServer:
             base = requested.split("/")[0] + "/" + requested.split("/")[1]
             return f"{base}-{seq:08x};1"
         return f"{requested}-{seq:08x}"
+
+    def _action_dbget(self, session: _Session, action: Headers) -> None:
+        # manager_dbget in main/db.c (Asterisk 13+): a list answer, or an error
+        family, key = header(action, "Family"), header(action, "Key")
+        if not family:
+            session.send(self._response(action, "Error", Message="No family specified."))
+            return
+        if not key:
+            session.send(self._response(action, "Error", Message="No key specified."))
+            return
+        value = self.astdb.get((family, key))
+        if value is None:
+            session.send(self._response(action, "Error", Message="Database entry not found"))
+            return
+        action_id = header(action, "ActionID")
+        tail = [("ActionID", action_id)] if action_id else []
+        session.send(self._response(action, "Success", EventList="start",
+                                    Message="Result will follow"))
+        session.send(format_message([("Event", "DBGetResponse"), ("Family", family),
+                                     ("Key", key), ("Val", value), *tail]))
+        session.send(format_message([("Event", "DBGetComplete"), *tail,
+                                     ("EventList", "Complete"), ("ListItems", 1)]))
+
+    def _action_dbput(self, session: _Session, action: Headers) -> None:
+        family, key = header(action, "Family"), header(action, "Key")
+        if not family or not key:
+            session.send(self._response(action, "Error",
+                                        Message="No family specified." if not family else "No key specified."))
+            return
+        self.astdb[(family, key)] = header(action, "Val")
+        session.send(self._response(action, "Success", Message="Updated database successfully"))
 
     def _action_queuestatus(self, session: _Session, action: Headers) -> None:
         wanted = header(action, "Queue")
@@ -817,7 +923,7 @@ def _split_caller_id(caller_id: str) -> tuple[str, str]:
 
 
 __all__ = [
-    "BANNER", "ORIGINATE_OUTCOMES", "EventSource", "FakeAmiServer", "FakeOriginate",
+    "BANNER", "DIAL_STATUSES", "DROP_STAGES", "ORIGINATE_OUTCOMES", "EventSource", "FakeAmiServer", "FakeOriginate",
     "FakeQueue", "FakeQueueEntry", "FakeQueueMember", "Headers", "format_message",
     "header", "header_values", "originate_variables", "parse_block", "read_capture",
     "separate_app_args",

@@ -18,6 +18,10 @@ shipped queues:
   (``QUEUESTATUS=CONTINUE``, ``agi-queue_continue.json``), without it the
   caller is hung up too (``agi-queue.json``);
 - ``outcome="timeout"``: nobody answers (``QUEUESTATUS=TIMEOUT``).
+
+When the member answers, the caller's channel gets ``MEMBERINTERFACE`` and
+``MEMBERNAME`` (as app_queue sets them), readable with AMI ``Getvar`` even if
+the events were missed.
 """
 
 from __future__ import annotations
@@ -87,6 +91,8 @@ class QueueApp:
         await asyncio.sleep(self.hold)
         self.connected_at = time.perf_counter()
         self.connected_wall = time.time()
+        if self.ami is not None:  # app_queue sets these on the caller's channel when a member answers
+            self.ami.add_channel(channel, MEMBERINTERFACE=self.member, MEMBERNAME=self.member_name)
         await self._emit("AgentConnect", channel, uniqueid, DestChannel=agent_channel,
                          DestUniqueid=f"{uniqueid}.a", Queue=queue, Interface=self.member,
                          MemberName=self.member_name, HoldTime=int(self.hold), RingTime=0, _privilege="agent,all")
