@@ -24,9 +24,10 @@ CSRF
 
 Brute force
     Sign-in attempts are limited per client address (sliding window, in
-    memory) and per account (consecutive failures lock the account for a
-    while, stored in the database so the lock holds on every server); every
-    refusal is logged.
+    memory: ``login_address_failures`` per ``login_address_window`` seconds)
+    and per account (``login_max_failures`` consecutive failures lock the
+    account for ``login_lock_seconds``, stored in the database so the lock
+    holds on every server); every refusal is logged.
 
 Handlers::
 
@@ -71,6 +72,7 @@ __all__ = [
     "ROLES",
     "Account",
     "AccountError",
+    "AddressLimiter",
     "AccountStore",
     "Auth",
     "AUTH_KEY",
@@ -236,9 +238,12 @@ def _account(row: Any) -> Account:
 class AccountStore:
     """Accounts in the trail database (any AsyncEngine migrated to head)."""
 
-    def __init__(self, engine: AsyncEngine):
+    def __init__(self, engine: AsyncEngine, *, max_failures: int = ACCOUNT_MAX_FAILURES,
+                 lock_seconds: float = ACCOUNT_LOCK_SECONDS):
         self.engine = engine
         self._write = engine.execution_options(**{WRITE_OPTION: True})
+        self.max_failures = max_failures
+        self.lock_seconds = lock_seconds
 
     async def create(self, name: str, password: str, *, role: str = "agent", interface: str | None = None,
                      replace: bool = False) -> Account:
@@ -316,8 +321,8 @@ class AccountStore:
     async def check_password(self, name: str, password: str) -> Account:
         """The account when ``password`` is right; raises :class:`LoginRefused`.
 
-        Consecutive failures lock the account for ``ACCOUNT_LOCK_SECONDS``
-        (``locked``; even the right password is refused until then).
+        ``max_failures`` consecutive failures lock the account for
+        ``lock_seconds`` (``locked``; even the right password is refused until then).
         """
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(AC).where(AC.c.name == name))).mappings().first()
@@ -333,11 +338,11 @@ class AccountStore:
                 failures = (await conn.execute(
                     update(AC).where(AC.c.id == row["id"]).values(failed_logins=AC.c.failed_logins + 1)
                     .returning(AC.c.failed_logins))).scalar_one()
-                if failures >= ACCOUNT_MAX_FAILURES:
+                if failures >= self.max_failures:
                     await conn.execute(update(AC).where(AC.c.id == row["id"]).values(
-                        failed_logins=0, locked_until=now + timedelta(seconds=ACCOUNT_LOCK_SECONDS)))
-            if failures >= ACCOUNT_MAX_FAILURES:
-                raise LoginRefused("locking", ACCOUNT_LOCK_SECONDS)
+                        failed_logins=0, locked_until=now + timedelta(seconds=self.lock_seconds)))
+            if failures >= self.max_failures:
+                raise LoginRefused("locking", self.lock_seconds)
             raise LoginRefused("bad")
         if row["disabled"]:
             raise LoginRefused("disabled")
@@ -432,8 +437,9 @@ class Signer:
 
 # --------------------------------------------------------------- rate limiting
 
-class _AddressLimiter:
-    """Failed sign-ins per client address within a sliding window (per process)."""
+class AddressLimiter:
+    """Failures per client address within a sliding window (per process): failed
+    sign-ins here, unknown link tokens in :mod:`visual_ivr.web`."""
 
     def __init__(self, limit: int = IP_MAX_FAILURES, window: float = IP_WINDOW_SECONDS):
         self.limit = limit
@@ -492,12 +498,13 @@ class Auth:
     CACHE_SECONDS = 5.0
 
     def __init__(self, accounts: AccountStore, signer: Signer, *, session_ttl: float = SESSION_TTL,
-                 secure_cookies: bool = False):
+                 secure_cookies: bool = False, address_limit: int = IP_MAX_FAILURES,
+                 address_window: float = IP_WINDOW_SECONDS):
         self.accounts = accounts
         self.signer = signer
         self.session_ttl = session_ttl
         self.secure_cookies = secure_cookies
-        self.addresses = _AddressLimiter()
+        self.addresses = AddressLimiter(address_limit, address_window)
         self._cache: dict[str, tuple[float, Account | None]] = {}
 
     # ---- sessions
@@ -738,11 +745,14 @@ def _finish(request: web.Request, resp: web.StreamResponse) -> None:
             resp.headers.setdefault(key, value)
 
 
-def setup_auth(webapp: web.Application, engine: AsyncEngine, secret: bytes, *, secure_cookies: bool = False) -> Auth:
+def setup_auth(webapp: web.Application, engine: AsyncEngine, secret: bytes, *, secure_cookies: bool = False,
+               max_failures: int = ACCOUNT_MAX_FAILURES, lock_seconds: float = ACCOUNT_LOCK_SECONDS,
+               address_limit: int = IP_MAX_FAILURES, address_window: float = IP_WINDOW_SECONDS) -> Auth:
     """Add ``/login``, ``/logout`` and the CSRF/security-header middleware to ``webapp``."""
     if AUTH_KEY in webapp:
         return webapp[AUTH_KEY]
-    auth = Auth(AccountStore(engine), Signer(secret), secure_cookies=secure_cookies)
+    auth = Auth(AccountStore(engine, max_failures=max_failures, lock_seconds=lock_seconds), Signer(secret),
+                secure_cookies=secure_cookies, address_limit=address_limit, address_window=address_window)
     webapp[AUTH_KEY] = auth
     webapp.middlewares.append(_auth_middleware)
     webapp.router.add_get("/login", auth.login_page)
@@ -757,7 +767,9 @@ async def _extension(app: Any) -> None:
     config = app.config
     secret = load_secret(config.secret_key)
     secure = bool(config.public_url and config.public_url.startswith("https:"))
-    setup_auth(app.web, app.store.engine, secret, secure_cookies=secure)
+    setup_auth(app.web, app.store.engine, secret, secure_cookies=secure,
+               max_failures=config.login_max_failures, lock_seconds=config.login_lock_seconds,
+               address_limit=config.login_address_failures, address_window=config.login_address_window)
 
 
 def _register() -> None:
