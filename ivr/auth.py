@@ -62,6 +62,8 @@ from urllib.parse import quote
 
 import jinja2
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -85,6 +87,8 @@ __all__ = [
     "get_auth",
     "hash_password",
     "load_secret",
+    "read_json",
+    "read_post",
     "require_role",
     "setup_auth",
     "validate_interface",
@@ -615,16 +619,43 @@ def _printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in text)[:64]
 
 
-async def _form(request: web.Request) -> dict[str, Any]:
+#: What reading a client's body may raise: bad encodings and multipart (ValueError,
+#: UnicodeDecodeError), JSON nested too deep (RecursionError), a body that does not
+#: match its Content-Encoding (HttpProcessingError, RequestPayloadError).
+BODY_ERRORS: tuple[type[BaseException], ...] = (ValueError, RecursionError, HttpProcessingError,
+                                                RequestPayloadError)
+
+
+def _bad_body(request: web.Request) -> web.HTTPBadRequest:
+    if request.path.startswith("/api/") or request.content_type == "application/json":
+        return web.HTTPBadRequest(text=json.dumps({"error": "malformed request body"}),
+                                  content_type="application/json")
+    return web.HTTPBadRequest(text="malformed request body")
+
+
+async def read_post(request: web.Request) -> Any:
+    """``await request.post()``, with a malformed body a 400 (never a traceback)."""
     try:
-        if request.content_type == "application/json":
-            data = await request.json()
-            if not isinstance(data, dict):
-                raise ValueError
-            return data
-        return dict(await request.post())
-    except (ValueError, UnicodeDecodeError):
-        raise web.HTTPBadRequest(text="malformed request body") from None
+        return await request.post()
+    except BODY_ERRORS:
+        raise _bad_body(request) from None
+
+
+async def read_json(request: web.Request) -> Any:
+    """``await request.json()``, with a malformed body a 400 (never a traceback)."""
+    try:
+        return await request.json()
+    except BODY_ERRORS:
+        raise _bad_body(request) from None
+
+
+async def _form(request: web.Request) -> dict[str, Any]:
+    if request.content_type == "application/json":
+        data = await read_json(request)
+        if not isinstance(data, dict):
+            raise _bad_body(request)
+        return data
+    return dict(await read_post(request))
 
 
 def client_address(request: web.Request) -> str:
@@ -735,6 +766,14 @@ async def _auth_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def _finish(request: web.Request, resp: web.StreamResponse) -> None:
+    payload = request.content
+    if payload.exception() is not None and not payload.is_eof():
+        # aiohttp gave up on this body (it does not match its Content-Encoding or
+        # chunking): nothing more comes for it. Ended here, and the connection
+        # closed after the answer, aiohttp does not try to read it again later
+        # (an "Unhandled exception" with a traceback in the log).
+        payload.feed_eof()
+        resp.force_close()
     new = request.get(_CSRF_NEW)
     if new and not resp.prepared:
         auth = request.app.get(AUTH_KEY)

@@ -20,7 +20,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from ivr.auth import AddressLimiter, client_address
+from ivr.auth import BODY_ERRORS, AddressLimiter, client_address, read_post
 from ivr.engine import public_state
 from ivr.flow.nodes import InputDigitsNode, LookupNode
 from visual_ivr.auth import AGENT_KEY, agent_name, agents_only, may_use_session
@@ -334,7 +334,7 @@ async def act(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB_KEY]
     ws, device, _ = await _session_for(request, posting=True)
     token = request.match_info["token"]
-    form = await request.post()
+    form = await read_post(request)
     lang = (ws.turn.state.get("lang") if ws.turn else ws.language) or "zh-CN"
     if not hub.links.check_csrf(ws.link_id, device, form.get("csrf") if isinstance(form.get("csrf"), str) else None):
         raise PageError(403, "bad_request", lang)
@@ -411,7 +411,7 @@ async def api_push(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB_KEY]
     try:
         body = await request.json()
-    except ValueError:
+    except BODY_ERRORS:
         return web.json_response({"error": "send a JSON object"}, status=400)
     if not isinstance(body, dict) or not isinstance(body.get("session_id"), str) or \
             not isinstance(body.get("node"), str):
