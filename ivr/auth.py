@@ -295,8 +295,15 @@ class AccountStore:
             rows = (await conn.execute(select(AC).where(AC.c.interface == interface))).mappings().all()
         return [_account(r) for r in rows if not r["disabled"]]
 
-    async def set_interface(self, account_id: str, interface: str) -> Account | None:
+    async def set_interface(self, account_id: str, interface: str, *, claim: bool = False) -> Account | None:
+        """Set an account's interface. ``claim`` (an agent choosing it on the desk):
+        refused when another enabled account has it, since an interface's pops and
+        sessions are visible to whoever holds it (``ivr agents`` may still share one)."""
         iface = validate_interface(interface)
+        if claim:
+            if any(a.id != account_id and not a.disabled and (a.interface or "").lower() == iface.lower()
+                   for a in await self.list()):
+                raise AccountError(f"{iface} is another account's interface; ask a supervisor")
         async with self._write.begin() as conn:
             await conn.execute(update(AC).where(AC.c.id == account_id).values(interface=iface))
         return await self.get_by_id(account_id)
