@@ -36,7 +36,7 @@ from ivr.testing.callers import SimLikeCaller
 from ivr.testing.fake_asterisk import FakeAsterisk
 
 from ..handoff_util import DeskClient, base_url
-from ..visual_support import Call, client, csrf, get, post, until, visual_server
+from ..visual_support import Call, client, csrf, get, post, visual_server
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -9,12 +9,14 @@ real HTTP and WebSockets; script injection is checked in real Chromium.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import random
 import re
 import secrets
-import socket
 import statistics
 import string
 import time
@@ -31,7 +33,7 @@ from sqlalchemy import MetaData, select, update
 from ivr.auth import AccountStore
 from visual_ivr.models import links_table
 
-from ..handoff_util import DeskClient, base_url
+from ..handoff_util import DeskClient, _b64, base_url
 from ..visual_support import Call, client, csrf, get, post, until, visual_server
 
 pytestmark = pytest.mark.timeout(240)
@@ -326,8 +328,8 @@ async def test_every_state_changing_route_needs_its_csrf_token(tmp_path, flows_d
             assert all(s in (200, 201, 303) for s in accepted.values()), accepted
             rel.tried(len(refused))
             rel.lost(0)
-            rel.note(f"{len(cases)} state-changing routes found in the router ({', '.join(sorted({p for _, p in routes}))}) "
-                     f"× 4 bad tokens (none, wrong, forged, another session's): all 403, database unchanged; "
+            paths = ", ".join(sorted({p for _, p in routes}))
+            rel.note(f"{len(cases)} state-changing routes found in the router ({paths}) × 4 bad tokens (none, wrong, forged, another session's): all 403, database unchanged; "
                      f"the same requests with the right token accepted")
         finally:
             for c in (phone, other_phone, stranger):
@@ -552,3 +554,380 @@ async def test_script_injection_through_everything_pages_and_desk_show(tmp_path,
              f"summary, prompts, labels, agent name, queue and disposition notes; {len(found)} screens in "
              f"Chromium with the CSP enforced: no dialog, no injected element, no CSP refusal of the pages' own "
              f"script; CSP on {len(headers)} kinds of page")
+
+
+# =========================================================================== bad posts
+
+FORM = "application/x-www-form-urlencoded"
+BAD_BODIES: list[tuple[str, bytes, str | None]] = [
+    ("10 MB form", b"a=" + b"x" * (10 * 1024 * 1024), FORM),
+    ("10 MB JSON", b'{"a": "' + b"x" * (10 * 1024 * 1024) + b'"}', "application/json"),
+    ("malformed form encoding", b"%%%&&==&a=%ZZ&=&%E4%", FORM),
+    ("invalid UTF-8 in a form", b"action=\xff\xfe&value=\xc3&csrf=\x80&csrf_token=\xed\xa0\x80&name=\xff", FORM),
+    ("invalid UTF-8 in JSON", b'{"session_id": "\xff\xfe", "node": "\xc3"}', "application/json"),
+    ("50000 fields", "&".join("a=" for _ in range(50000)).encode(), FORM),
+    ("30000 distinct fields", "&".join(f"f{i}=1" for i in range(30000)).encode(), FORM),
+    ("empty body", b"", FORM),
+    ("no content type", b"action=tap&value=1", None),
+    ("text/plain", b"hello", "text/plain"),
+    ("XML", b"<?xml version='1.0'?><a>&lt;</a>", "application/xml"),
+    ("JSON instead of a form", b'{"action": "tap", "value": "1", "csrf": "x"}', "application/json"),
+    ("form instead of JSON", b"session_id=x&node=main", FORM),
+    ("JSON array", b"[1, 2, 3]", "application/json"),
+    ("JSON string", b'"just a string"', "application/json"),
+    ("JSON with wrong types", b'{"session_id": [1], "node": {"a": 1}, "number": 5, "disposition": [], '
+                              b'"notes": {}, "when": 3, "priority": "high", "name": [], "password": {}}',
+     "application/json"),
+    ("deeply nested JSON", b"[" * 100000 + b"]" * 100000, "application/json"),
+    ("truncated JSON", b'{"session_id": "abc', "application/json"),
+    ("NUL bytes", b"action=tap\x00&value=1\x00", FORM),
+    ("broken multipart", b"--xyz\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nunterminated",
+     "multipart/form-data; boundary=xyz"),
+    ("multipart without boundary", b"whatever", "multipart/form-data"),
+    ("gzip claimed, not gzip", b"not gzip at all", FORM + ";gzip"),
+]
+
+
+@pytest.mark.reliability("web.bad-posts")
+async def test_oversized_and_malformed_posts_get_4xx_never_a_traceback(tmp_path, flows_dir, caplog, rel) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with site(tmp_path, flows_dir) as app:
+        base = base_url(app)
+        call = Call(app, ["1", "8"])
+        link = await call.link()
+        sid = next(ws.session_id for ws in app.driver.visual_hub.sessions.values())
+        sam = await desk(app, "sam", "sam-pass-12")
+        phone = client()
+        answers: dict[str, int] = {}
+        bad: list[str] = []
+        try:
+            await get(phone, link)
+            values = {"token": link.rsplit("/", 1)[1], "id": sid, "session_id": sid}
+            routes = state_changing_routes(app.web)
+            for method, path in routes:
+                url = base + fill(path, values)
+                http = phone if path.startswith("/v/") else sam.http
+                for name, body, ctype in BAD_BODIES:
+                    headers = {"X-CSRF-Token": sam.csrf}
+                    if ctype is not None:
+                        headers["Content-Type"] = ctype
+                    if ctype and ctype.endswith(";gzip"):
+                        headers["Content-Type"], headers["Content-Encoding"] = FORM, "gzip"
+                    try:
+                        async with http.request(method, url, data=body, headers=headers,
+                                                allow_redirects=False) as resp:
+                            status, text = resp.status, await resp.text()
+                    except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+                        # the server may close the socket on a 10 MB upload after refusing it
+                        status, text = 413 if "10 MB" in name else 0, repr(exc)
+                    answers[f"{method} {path} {name}"] = status
+                    if path == "/logout" and status == 303:
+                        # a body aiohttp reads leniently, with the right CSRF header: a real sign-out
+                        await sam.login("sam", "sam-pass-12")
+                        await sam.page()
+                        continue
+                    if not (400 <= status < 500) or "Traceback" in text or 'File "' in text:
+                        bad.append(f"{method} {path} [{name}] -> {status} {text[:120]!r}")
+            # the WebSocket: malformed, forged, binary, oversized and nested frames
+            ws_bad = await _abuse_desk_socket(app, sam)
+            async with sam.http.get(f"{base}/healthz") as r:
+                assert r.status == 200  # still serving
+        finally:
+            await phone.close()
+            await sam.close()
+            call.caller.hang_up()
+            await call.result()
+    tracebacks = no_traceback(caplog.records)
+    statuses = sorted(set(answers.values()))
+    rel.tried(len(answers) + ws_bad[0])
+    rel.lost(len(bad) + len(ws_bad[1]) + len(tracebacks), "; ".join((bad + ws_bad[1] + tracebacks)[:3]))
+    rel.note(f"{len(routes)} POST/DELETE routes × {len(BAD_BODIES)} bad bodies (10 MB, invalid UTF-8, 50000 "
+             f"fields, 100000-deep JSON, wrong types and content types ...) → statuses {statuses}; "
+             f"{ws_bad[0]} bad WebSocket frames refused")
+    assert not bad, "\n".join(bad)
+    assert not ws_bad[1], ws_bad[1]
+    assert not tracebacks, tracebacks[:10]
+
+
+async def _abuse_desk_socket(app: Any, sam: DeskClient) -> tuple[int, list[str]]:
+    """(frames sent, problems): every bad frame gets an ``error`` reply or a clean close."""
+    problems: list[str] = []
+    frames: list[str | bytes] = [
+        "not json", "[]", "42", '{"body": 1, "mac": 2}', '{"body": "{}"}',
+        json.dumps({"body": "{}", "mac": "forged"}), json.dumps({"body": "{}", "mac": "签名"}),
+        "\ud800".encode("utf-8", "surrogatepass").decode("utf-8", "replace"),
+        b"\x00\x01binary",
+    ]
+    # well signed but malformed inside
+    for inner in ("not json", "[" * 50000 + "]" * 50000, json.dumps({"seq": "x", "type": "open"}),
+                  json.dumps({"seq": 10**30, "type": "open", "data": {"session_id": "../../etc"}}),
+                  json.dumps({"seq": 10**30 + 1, "type": "open", "data": {"session_id": ["x"] * 100}}),
+                  json.dumps({"seq": 10**30 + 2, "type": "x" * 10000, "data": []})):
+        frames.append(json.dumps({"body": inner, "mac": _b64(hmac.new(sam.key, inner.encode(),
+                                                                       hashlib.sha256).digest())}))
+    sent = 0
+
+    async def fresh_socket() -> None:
+        await sam.page()
+        sam.send_seq = sam.recv_seq = 0
+        await sam.connect()
+        await sam.recv_type("live")  # what a supervisor's desk gets first
+
+    async def answer() -> aiohttp.WSMessage:
+        assert sam.ws is not None
+        return await sam.ws.receive(timeout=5)
+
+    await fresh_socket()
+    assert sam.ws is not None
+    for frame in frames:
+        if sam.ws.closed:  # refused too often: a new page, a new socket
+            await fresh_socket()
+        if isinstance(frame, bytes):
+            await sam.ws.send_bytes(frame)
+        else:
+            await sam.ws.send_str(frame)
+        sent += 1
+        msg = await answer()
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            reply = json.loads(json.loads(msg.data)["body"])
+            if reply["type"] != "error":
+                problems.append(f"frame {str(frame)[:40]!r}: {reply['type']}")
+        elif msg.type not in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+            problems.append(f"frame {str(frame)[:40]!r}: {msg.type}")
+    # a message over the 64 KiB limit: the socket is closed with 1009, the server goes on
+    await fresh_socket()
+    await sam.ws.send_str("x" * (200 * 1024))
+    sent += 1
+    msg = await answer()
+    if msg.type not in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED) or sam.ws.close_code != 1009:
+        problems.append(f"oversized frame: {msg.type} {sam.ws.close_code}")
+    # garbage below the WebSocket framing: a raw socket after the handshake
+    await sam.page()
+    host, port = "127.0.0.1", app.config.http_port
+    reader, writer = await asyncio.open_connection(host, port)
+    cookies = "; ".join(f"{c.key}={c.value}" for c in sam.http.cookie_jar)
+    writer.write((f"GET /desk/ws?token={sam.token} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  f"Sec-WebSocket-Version: 13\r\nCookie: {cookies}\r\n\r\n").encode())
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    if b" 101 " not in head.split(b"\r\n")[0]:
+        problems.append(f"raw handshake: {head[:60]!r}")
+    writer.write(b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff garbage")  # bad opcode, unmasked, absurd length
+    await writer.drain()
+    sent += 1
+    with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
+        await asyncio.wait_for(reader.read(), 5)  # the server closes it
+    writer.close()
+    return sent, problems
+
+
+# =========================================================================== agent isolation
+
+FORGED_IDS = ["0" * 32, "../../etc/passwd", "..%2F..%2Fetc", "a" * 500, "' OR 1=1 --", "%00", "会话", "*",
+              "null", "undefined", "-1"]
+
+
+@pytest.mark.reliability("web.agent-isolation")
+async def test_an_agent_reads_only_the_sessions_offered_to_them(tmp_path, flows_dir, rel) -> None:
+    from callback.api import request_callback
+
+    async with site(tmp_path, flows_dir) as app:
+        base = base_url(app)
+        mine, theirs = await finished_call(app), await finished_call(app)
+        await app.handoff.offer(mine, "PJSIP/1001", kind="connect")
+        await app.handoff.offer(theirs, "PJSIP/1002", kind="connect")
+        others = [await finished_call(app) for _ in range(3)]  # offered to nobody
+        cb_theirs = (await request_callback(app, theirs, number="13900139000", when="asap", queue="support",
+                                            language="zh-CN", reason=None, channel="web"))["id"]
+        cb_mine = (await request_callback(app, mine, number="13700137000", when="asap", queue="support",
+                                          language="zh-CN", reason=None, channel="web"))["id"]
+        alice, bob, sam = (await desk(app, "alice", "alice-pass-1"), await desk(app, "bob", "bob-pass-12"),
+                           await desk(app, "sam", "sam-pass-12"))
+        tried = 0
+        leaked: list[str] = []
+        try:
+            h = {"X-CSRF-Token": alice.csrf}
+
+            async def http_reads(c: DeskClient, sid: str) -> dict[str, int]:
+                out = {}
+                for name, url in (("pop", f"{base}/desk/api/sessions/{sid}"),
+                                  ("push status", f"{base}/api/visual/sessions/{sid}")):
+                    async with c.http.get(url) as r:
+                        out[name] = r.status
+                async with c.http.post(f"{base}/api/visual/push", json={"session_id": sid, "node": "main"},
+                                       headers={"X-CSRF-Token": c.csrf}) as r:
+                    out["push"] = r.status
+                async with c.http.post(f"{base}/desk/sessions/{sid}/disposition",
+                                       json={"disposition": "resolved", "notes": "isolation"},
+                                       headers={"X-CSRF-Token": c.csrf}) as r:
+                    out["disposition"] = r.status
+                return out
+
+            # alice: every session in the database, by id, and forged ids
+            all_ids = [s["id"] for s in await app.store.list_sessions(limit=100)]
+            assert set(all_ids) >= {mine, theirs, *others}
+            for sid in all_ids + FORGED_IDS:
+                got = await http_reads(alice, sid)
+                tried += len(got)
+                if sid == mine:
+                    assert got == {"pop": 200, "push status": 200, "push": 201, "disposition": 200}, got
+                    continue
+                if any(status < 400 or status >= 500 for status in got.values()):
+                    leaked.append(f"{sid[:40]}: {got}")
+            # the supervisor may read them all
+            assert (await http_reads(sam, theirs))["pop"] == 200
+            # the desk socket: open and push status of another's session, live calls, forged ids
+            await alice.connect()
+            first = await alice.recv()
+            assert first["type"] == "offers" and [o["session_id"] for o in first["data"]] == [mine]
+            async def next_not_mine(timeout: float = 5.0) -> dict[str, Any]:
+                """The next message that is not an update of alice's own call (her push's status may come late)."""
+                while True:
+                    msg = await alice.recv(timeout)
+                    data = msg.get("data")
+                    if not (isinstance(data, dict) and data.get("session_id") == mine):
+                        return msg
+
+            for sid in [theirs, *others, *FORGED_IDS]:
+                for kind in ("open", "push"):
+                    await alice.send(kind, {"session_id": sid})
+                    reply = await next_not_mine()
+                    tried += 1
+                    if reply["type"] != "error":
+                        leaked.append(f"socket {kind} {sid[:40]}: {reply['type']}")
+            await alice.send("live")
+            tried += 1
+            if (await next_not_mine())["type"] != "error":
+                leaked.append("socket live calls for an agent")
+            # bob's page token on alice's cookie: refused
+            async with alice.http.ws_connect(f"{base}/desk/ws?token={bob.token}", headers={"Origin": base}) as ws:
+                leaked.append("alice connected with bob's socket token")
+                await ws.close()
+        except aiohttp.WSServerHandshakeError as exc:
+            assert exc.status == 403
+        try:
+            # a pop for bob's phone reaches bob and the supervisor, never alice
+            await bob.connect()
+            await bob.recv()
+            await sam.connect()
+            await sam.recv()
+            await app.handoff.offer(theirs, "PJSIP/1002", kind="connect")
+            assert (await bob.recv_type("pop"))["data"]["session_id"] == theirs
+            assert (await sam.recv_type("pop"))["data"]["session_id"] == theirs
+            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                msg = await next_not_mine(timeout=1.0)
+                leaked.append(f"alice got {msg['type']} of bob's call")
+            tried += 1
+            # callbacks by id: another agent's session's request is "not found"; own and supervisor's fine
+            for c, cb, want in ((alice, cb_theirs, 404), (alice, cb_mine, 200), (sam, cb_theirs, 200),
+                                (alice, "0" * 32, 404), (alice, "../x", 404)):
+                async with c.http.get(f"{base}/api/callbacks/{cb}") as r:
+                    tried += 1
+                    if r.status != want:
+                        leaked.append(f"callback {cb[:8]} read by {c is alice and 'alice' or 'sam'}: {r.status}")
+            async with alice.http.delete(f"{base}/api/callbacks/{cb_theirs}", headers=h) as r:
+                tried += 1
+                if r.status != 404:
+                    leaked.append(f"alice cancelled bob's callback: {r.status}")
+            from callback.api import get_callback
+
+            assert (await get_callback(app, cb_theirs))["status"] == "pending"
+            # taking over bob's phone on the desk would show his calls: refused
+            async with alice.http.post(f"{base}/desk/interface", data={"interface": "PJSIP/1002",
+                                                                        "csrf_token": alice.csrf},
+                                       allow_redirects=False) as r:
+                tried += 1
+                assert r.status == 303 and "interface_error" in r.headers["Location"]
+            assert (await AccountStore(app.store.engine).get("alice")).interface == "PJSIP/1001"
+            async with alice.http.get(f"{base}/desk/api/sessions/{theirs}") as r:
+                assert r.status == 403
+            # agents are not supervisors: the ops pages are refused
+            for path in ("/ops", "/ops/report.json", "/ops/graph.svg", "/ops/export/nodes.csv"):
+                async with alice.http.get(f"{base}{path}") as r:
+                    tried += 1
+                    if r.status != 403:
+                        leaked.append(f"agent read {path}: {r.status}")
+        finally:
+            for c in (alice, bob, sam):
+                await c.close()
+        events = await app.store.events(theirs)
+        assert [e["data"]["agent"] for e in events if e["kind"] == "disposition"] == ["sam"]
+    rel.tried(tried)
+    rel.lost(len(leaked), "; ".join(leaked[:3]))
+    rel.note(f"{len(all_ids)} sessions and {len(FORGED_IDS)} forged ids × pop, push status, push, disposition "
+             f"over HTTP and open/push on the socket; callbacks by id; another agent's socket token; "
+             f"a pop for another phone; claiming another agent's interface; the ops pages")
+    assert not leaked, leaked
+
+
+# =========================================================================== brute force
+
+
+async def sign_in_from(base: str, name: str, password: str, address: str = "127.0.0.1") -> tuple[int, str, Any]:
+    """One sign-in by a fresh browser from ``address`` (any 127.x address reaches the server)."""
+    connector = aiohttp.TCPConnector(local_addr=(address, 0))
+    async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.get(f"{base}/login") as r:
+            token = re.search(r'name="csrf_token" value="([^"]+)"', await r.text()).group(1)
+        async with http.post(f"{base}/login", data={"name": name, "password": password, "csrf_token": token},
+                             allow_redirects=False) as r:
+            return r.status, await r.text(), r.headers
+
+
+@pytest.mark.reliability("web.brute-force")
+async def test_brute_force_sign_in_is_locked_out_rate_limited_and_logged(tmp_path, flows_dir, caplog, rel) -> None:
+    caplog.set_level(logging.INFO, logger="ivr.auth")
+    settings = {"login_max_failures": 3, "login_lock_seconds": 2, "login_address_failures": 8,
+                "login_address_window": 600}
+    async with site(tmp_path, flows_dir, **settings) as app:
+        base = base_url(app)
+        tried = 0
+        # one account, wrong passwords: locked after 3, even the right password refused meanwhile
+        for _ in range(3):
+            status, html, _ = await sign_in_from(base, "alice", "wrong-password")
+            tried += 1
+            assert status == 401
+        assert "locked" in html
+        account = await AccountStore(app.store.engine).get("alice")
+        async with app.store.engine.connect() as conn:
+            from ivr.store.models_handoff import accounts_table
+
+            locked_until = (await conn.execute(select(accounts_table.c.locked_until).where(
+                accounts_table.c.name == "alice"))).scalar_one()
+        assert locked_until is not None and account is not None
+        status, html, _ = await sign_in_from(base, "alice", "alice-pass-1")
+        tried += 1
+        assert status == 401 and "locked" in html
+        status, html, _ = await sign_in_from(base, "alice", "alice-pass-1", "127.0.0.3")  # from anywhere
+        tried += 1
+        assert status == 401 and "locked" in html
+        # the lock ends after login_lock_seconds
+        await asyncio.sleep(2.2)
+        status, _, headers = await sign_in_from(base, "alice", "alice-pass-1")
+        assert status == 303 and headers["Location"] == "/desk"
+        # many accounts from one address: that address waits, others do not
+        for i in range(8):
+            status, _, _ = await sign_in_from(base, f"user{i}", "guess-123")
+            tried += 1
+            assert status == 401
+        status, html, headers = await sign_in_from(base, "sam", "sam-pass-12")
+        tried += 1
+        assert status == 429 and int(headers["Retry-After"]) > 0 and "Too many attempts" in html
+        status, _, _ = await sign_in_from(base, "sam", "sam-pass-12", "127.0.0.2")
+        assert status == 303
+    messages = [r.getMessage() for r in caplog.records if r.name == "ivr.auth"]
+    failed = [m for m in messages if m.startswith("sign-in failed")]
+    locked = [m for m in messages if "locked" in m]
+    limited = [m for m in messages if "too many failures from 127.0.0.1" in m]
+    assert len(failed) == 2 + 8, failed  # 2 wrong passwords, then the 3rd locks; 8 unknown names
+    assert len(locked) == 3 and len(limited) == 1, (locked, limited)
+    assert all("127.0.0." in m for m in failed + locked + limited)  # the address is in every line
+    signed_in = [m for m in messages if "signed in from" in m]
+    assert len(signed_in) == 2
+    rel.tried(tried)
+    rel.lost(0)
+    rel.note("login_max_failures = 3: the 3rd wrong password locks the account on every address, the right "
+             "password is refused until login_lock_seconds = 2 s have passed; login_address_failures = 8: the "
+             "9th attempt from that address gets 429 + Retry-After while another address signs in; "
+             f"{len(failed) + len(locked) + len(limited)} refusals logged with account and address")
