@@ -94,7 +94,8 @@ def _short(data: dict[str, Any]) -> dict[str, Any]:
 async def request_callback(app: Any, session_id: str, *, number: str, when: Literal["asap"] | datetime | str,
                            queue: str, language: str, reason: str | None, channel: str,
                            mode: str = "customer_first", priority: int = 0, max_attempts: int | None = None,
-                           retry_interval: int | None = None, node: str | None = None) -> dict[str, Any]:
+                           retry_interval: int | None = None, node: str | None = None,
+                           by: str | None = None) -> dict[str, Any]:
     """Store a callback request for ``session_id``; return ``{"id", "number", "when", "queue", "status"}``.
 
     ``when`` is ``"asap"`` or a datetime (naive = UTC; an ISO string is
@@ -173,7 +174,8 @@ async def request_callback(app: Any, session_id: str, *, number: str, when: Lite
     data = public(row)
     store.append(session_id, [Event("callback_requested", node, {
         "id": request_id, "slot": data["when"], "queue": queue, "number": expr.mask(clean), "mode": mode,
-        "channel": values["channel"], "updated": updated, "reason": values["reason"]})], values["channel"])
+        "channel": values["channel"], "updated": updated, "reason": values["reason"],
+        **({"by": str(by)[:64]} if by else {})})], values["channel"])
     scheduler = getattr(app, "callbacks", None)
     if scheduler is not None:
         scheduler.wake()

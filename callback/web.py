@@ -3,7 +3,10 @@
 Who may call them:
 
 - a signed-in desk account (agent or supervisor; cookie). Browser forms carry
-  the CSRF field, scripts the ``X-CSRF-Token`` header;
+  the CSRF field, scripts the ``X-CSRF-Token`` header. An agent reads and
+  cancels only the requests of sessions offered to their interface and the
+  ones they booked themselves (the requests carry the caller's number);
+  supervisors any;
 - another face on behalf of a caller, with a signed ``token`` made by
   :func:`callback_token` for that session (requesting) or returned by the
   POST as ``cancel_token`` (cancelling). Forms with a token carry the CSRF
@@ -19,7 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ivr.auth import BadSignature, check_csrf, get_auth
+from ivr.auth import BODY_ERRORS, Account, BadSignature, check_csrf, get_auth, read_post
+from ivr.handoff.core import offered_to
 
 from .api import CallbackError, cancel_callback, get_callback, request_callback
 
@@ -48,18 +52,30 @@ async def _body(request: web.Request) -> tuple[dict[str, Any], bool]:
     if request.content_type == "application/json":
         try:
             data = await request.json()
-        except (ValueError, UnicodeDecodeError):
+        except BODY_ERRORS:
             raise web.HTTPBadRequest(text=json.dumps({"error": "malformed JSON"}), content_type="application/json")
         if not isinstance(data, dict):
             raise web.HTTPBadRequest(text=json.dumps({"error": "expected a JSON object"}),
                                      content_type="application/json")
         return data, False
     if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        return dict(await request.post()), True
+        return dict(await read_post(request)), True
     if request.method == "DELETE" and not request.can_read_body:
         return {}, False
     raise web.HTTPUnsupportedMediaType(text=json.dumps({"error": "send JSON or a form"}),
                                        content_type="application/json")
+
+
+async def agent_may_see(app: Any, account: Account, request: dict[str, Any]) -> bool:
+    """Supervisors: any request; an agent: those of sessions offered to them, or booked by them."""
+    if account.role == "supervisor":
+        return True
+    session_id = str(request.get("session_id") or "")
+    if await offered_to(app.store.engine, session_id, account.interface):
+        return True
+    by = f"{account.role}:{account.name}"
+    return any(e["kind"] == "callback_requested" and (e.get("data") or {}).get("id") == request.get("id")
+               and (e.get("data") or {}).get("by") == by for e in await app.store.events(session_id))
 
 
 def routes(app: Any) -> list[web.RouteDef]:
@@ -98,7 +114,7 @@ def routes(app: Any) -> list[web.RouteDef]:
                 app, session_id, number=str(data.get("number") or ""), when=str(when), queue=str(data.get("queue") or ""),
                 language=str(data.get("language") or ""), reason=(str(data["reason"]) if data.get("reason") else None),
                 channel=str(data.get("channel") or "web"), mode=str(data.get("mode") or "customer_first"),
-                priority=priority)
+                priority=priority, by=by)
         except (CallbackError, ValueError, TypeError) as exc:
             return _error(400, str(exc))
         result["cancel_token"] = get_auth(request).signer.sign("callback-cancel", {"r": result["id"]}, ttl=30 * 86400)
@@ -108,19 +124,26 @@ def routes(app: Any) -> list[web.RouteDef]:
     async def show(request: web.Request) -> web.Response:
         request_id = request.match_info["id"]
         token = request.query.get("token")
+        account = None
         if token:
             await who(request, {"token": token}, False, "callback-cancel", request_id)
-        elif await get_auth(request).account_for(request) is None:
-            return _error(401, "sign in or give a token")
+        else:
+            account = await get_auth(request).account_for(request)
+            if account is None:
+                return _error(401, "sign in or give a token")
         found = await get_callback(app, request_id)
-        return web.json_response(found) if found else _error(404, "no such callback request")
+        if found is None or (account is not None and not await agent_may_see(app, account, found)):
+            # the same answer for "none" and "not yours": ids are not probed this way
+            return _error(404, "no such callback request")
+        return web.json_response(found)
 
     async def delete(request: web.Request) -> web.Response:
         request_id = request.match_info["id"]
         data, is_form = await _body(request)
         by = await who(request, data, is_form, "callback-cancel", request_id)
         found = await get_callback(app, request_id)
-        if found is None:
+        account = None if by == "caller" else await get_auth(request).account_for(request)
+        if found is None or (account is not None and not await agent_may_see(app, account, found)):
             return _error(404, "no such callback request")
         if not await cancel_callback(app, request_id, by=by):
             return _error(409, f"the request is {found['status']}, not open")

@@ -24,9 +24,10 @@ CSRF
 
 Brute force
     Sign-in attempts are limited per client address (sliding window, in
-    memory) and per account (consecutive failures lock the account for a
-    while, stored in the database so the lock holds on every server); every
-    refusal is logged.
+    memory: ``login_address_failures`` per ``login_address_window`` seconds)
+    and per account (``login_max_failures`` consecutive failures lock the
+    account for ``login_lock_seconds``, stored in the database so the lock
+    holds on every server); every refusal is logged.
 
 Handlers::
 
@@ -61,6 +62,8 @@ from urllib.parse import quote
 
 import jinja2
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -71,6 +74,7 @@ __all__ = [
     "ROLES",
     "Account",
     "AccountError",
+    "AddressLimiter",
     "AccountStore",
     "Auth",
     "AUTH_KEY",
@@ -83,6 +87,8 @@ __all__ = [
     "get_auth",
     "hash_password",
     "load_secret",
+    "read_json",
+    "read_post",
     "require_role",
     "setup_auth",
     "validate_interface",
@@ -236,9 +242,12 @@ def _account(row: Any) -> Account:
 class AccountStore:
     """Accounts in the trail database (any AsyncEngine migrated to head)."""
 
-    def __init__(self, engine: AsyncEngine):
+    def __init__(self, engine: AsyncEngine, *, max_failures: int = ACCOUNT_MAX_FAILURES,
+                 lock_seconds: float = ACCOUNT_LOCK_SECONDS):
         self.engine = engine
         self._write = engine.execution_options(**{WRITE_OPTION: True})
+        self.max_failures = max_failures
+        self.lock_seconds = lock_seconds
 
     async def create(self, name: str, password: str, *, role: str = "agent", interface: str | None = None,
                      replace: bool = False) -> Account:
@@ -286,8 +295,15 @@ class AccountStore:
             rows = (await conn.execute(select(AC).where(AC.c.interface == interface))).mappings().all()
         return [_account(r) for r in rows if not r["disabled"]]
 
-    async def set_interface(self, account_id: str, interface: str) -> Account | None:
+    async def set_interface(self, account_id: str, interface: str, *, claim: bool = False) -> Account | None:
+        """Set an account's interface. ``claim`` (an agent choosing it on the desk):
+        refused when another enabled account has it, since an interface's pops and
+        sessions are visible to whoever holds it (``ivr agents`` may still share one)."""
         iface = validate_interface(interface)
+        if claim:
+            if any(a.id != account_id and not a.disabled and (a.interface or "").lower() == iface.lower()
+                   for a in await self.list()):
+                raise AccountError(f"{iface} is another account's interface; ask a supervisor")
         async with self._write.begin() as conn:
             await conn.execute(update(AC).where(AC.c.id == account_id).values(interface=iface))
         return await self.get_by_id(account_id)
@@ -316,8 +332,8 @@ class AccountStore:
     async def check_password(self, name: str, password: str) -> Account:
         """The account when ``password`` is right; raises :class:`LoginRefused`.
 
-        Consecutive failures lock the account for ``ACCOUNT_LOCK_SECONDS``
-        (``locked``; even the right password is refused until then).
+        ``max_failures`` consecutive failures lock the account for
+        ``lock_seconds`` (``locked``; even the right password is refused until then).
         """
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(AC).where(AC.c.name == name))).mappings().first()
@@ -333,11 +349,11 @@ class AccountStore:
                 failures = (await conn.execute(
                     update(AC).where(AC.c.id == row["id"]).values(failed_logins=AC.c.failed_logins + 1)
                     .returning(AC.c.failed_logins))).scalar_one()
-                if failures >= ACCOUNT_MAX_FAILURES:
+                if failures >= self.max_failures:
                     await conn.execute(update(AC).where(AC.c.id == row["id"]).values(
-                        failed_logins=0, locked_until=now + timedelta(seconds=ACCOUNT_LOCK_SECONDS)))
-            if failures >= ACCOUNT_MAX_FAILURES:
-                raise LoginRefused("locking", ACCOUNT_LOCK_SECONDS)
+                        failed_logins=0, locked_until=now + timedelta(seconds=self.lock_seconds)))
+            if failures >= self.max_failures:
+                raise LoginRefused("locking", self.lock_seconds)
             raise LoginRefused("bad")
         if row["disabled"]:
             raise LoginRefused("disabled")
@@ -432,8 +448,9 @@ class Signer:
 
 # --------------------------------------------------------------- rate limiting
 
-class _AddressLimiter:
-    """Failed sign-ins per client address within a sliding window (per process)."""
+class AddressLimiter:
+    """Failures per client address within a sliding window (per process): failed
+    sign-ins here, unknown link tokens in :mod:`visual_ivr.web`."""
 
     def __init__(self, limit: int = IP_MAX_FAILURES, window: float = IP_WINDOW_SECONDS):
         self.limit = limit
@@ -492,12 +509,13 @@ class Auth:
     CACHE_SECONDS = 5.0
 
     def __init__(self, accounts: AccountStore, signer: Signer, *, session_ttl: float = SESSION_TTL,
-                 secure_cookies: bool = False):
+                 secure_cookies: bool = False, address_limit: int = IP_MAX_FAILURES,
+                 address_window: float = IP_WINDOW_SECONDS):
         self.accounts = accounts
         self.signer = signer
         self.session_ttl = session_ttl
         self.secure_cookies = secure_cookies
-        self.addresses = _AddressLimiter()
+        self.addresses = AddressLimiter(address_limit, address_window)
         self._cache: dict[str, tuple[float, Account | None]] = {}
 
     # ---- sessions
@@ -608,16 +626,43 @@ def _printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in text)[:64]
 
 
-async def _form(request: web.Request) -> dict[str, Any]:
+#: What reading a client's body may raise: bad encodings and multipart (ValueError,
+#: UnicodeDecodeError), JSON nested too deep (RecursionError), a body that does not
+#: match its Content-Encoding (HttpProcessingError, RequestPayloadError).
+BODY_ERRORS: tuple[type[BaseException], ...] = (ValueError, RecursionError, HttpProcessingError,
+                                                RequestPayloadError)
+
+
+def _bad_body(request: web.Request) -> web.HTTPBadRequest:
+    if request.path.startswith("/api/") or request.content_type == "application/json":
+        return web.HTTPBadRequest(text=json.dumps({"error": "malformed request body"}),
+                                  content_type="application/json")
+    return web.HTTPBadRequest(text="malformed request body")
+
+
+async def read_post(request: web.Request) -> Any:
+    """``await request.post()``, with a malformed body a 400 (never a traceback)."""
     try:
-        if request.content_type == "application/json":
-            data = await request.json()
-            if not isinstance(data, dict):
-                raise ValueError
-            return data
-        return dict(await request.post())
-    except (ValueError, UnicodeDecodeError):
-        raise web.HTTPBadRequest(text="malformed request body") from None
+        return await request.post()
+    except BODY_ERRORS:
+        raise _bad_body(request) from None
+
+
+async def read_json(request: web.Request) -> Any:
+    """``await request.json()``, with a malformed body a 400 (never a traceback)."""
+    try:
+        return await request.json()
+    except BODY_ERRORS:
+        raise _bad_body(request) from None
+
+
+async def _form(request: web.Request) -> dict[str, Any]:
+    if request.content_type == "application/json":
+        data = await read_json(request)
+        if not isinstance(data, dict):
+            raise _bad_body(request)
+        return data
+    return dict(await read_post(request))
 
 
 def client_address(request: web.Request) -> str:
@@ -728,6 +773,14 @@ async def _auth_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def _finish(request: web.Request, resp: web.StreamResponse) -> None:
+    payload = request.content
+    if payload.exception() is not None and not payload.is_eof():
+        # aiohttp gave up on this body (it does not match its Content-Encoding or
+        # chunking): nothing more comes for it. Ended here, and the connection
+        # closed after the answer, aiohttp does not try to read it again later
+        # (an "Unhandled exception" with a traceback in the log).
+        payload.feed_eof()
+        resp.force_close()
     new = request.get(_CSRF_NEW)
     if new and not resp.prepared:
         auth = request.app.get(AUTH_KEY)
@@ -738,11 +791,14 @@ def _finish(request: web.Request, resp: web.StreamResponse) -> None:
             resp.headers.setdefault(key, value)
 
 
-def setup_auth(webapp: web.Application, engine: AsyncEngine, secret: bytes, *, secure_cookies: bool = False) -> Auth:
+def setup_auth(webapp: web.Application, engine: AsyncEngine, secret: bytes, *, secure_cookies: bool = False,
+               max_failures: int = ACCOUNT_MAX_FAILURES, lock_seconds: float = ACCOUNT_LOCK_SECONDS,
+               address_limit: int = IP_MAX_FAILURES, address_window: float = IP_WINDOW_SECONDS) -> Auth:
     """Add ``/login``, ``/logout`` and the CSRF/security-header middleware to ``webapp``."""
     if AUTH_KEY in webapp:
         return webapp[AUTH_KEY]
-    auth = Auth(AccountStore(engine), Signer(secret), secure_cookies=secure_cookies)
+    auth = Auth(AccountStore(engine, max_failures=max_failures, lock_seconds=lock_seconds), Signer(secret),
+                secure_cookies=secure_cookies, address_limit=address_limit, address_window=address_window)
     webapp[AUTH_KEY] = auth
     webapp.middlewares.append(_auth_middleware)
     webapp.router.add_get("/login", auth.login_page)
@@ -757,7 +813,9 @@ async def _extension(app: Any) -> None:
     config = app.config
     secret = load_secret(config.secret_key)
     secure = bool(config.public_url and config.public_url.startswith("https:"))
-    setup_auth(app.web, app.store.engine, secret, secure_cookies=secure)
+    setup_auth(app.web, app.store.engine, secret, secure_cookies=secure,
+               max_failures=config.login_max_failures, lock_seconds=config.login_lock_seconds,
+               address_limit=config.login_address_failures, address_window=config.login_address_window)
 
 
 def _register() -> None:

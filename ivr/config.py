@@ -58,6 +58,11 @@ class Config(BaseModel):
     ops_timezone: str = Field("UTC", description="time zone of the dates on the /ops dashboard, e.g. Asia/Shanghai")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     secret_key: str | None = Field(None, description="signs web tokens; generated and kept in var/ when unset")
+    login_max_failures: int = Field(5, ge=1, le=1000, description="wrong passwords in a row that lock an account")
+    login_lock_seconds: int = Field(900, ge=1, le=86400, description="seconds a locked account stays locked")
+    login_address_failures: int = Field(20, ge=1, description="failed sign-ins one client address may make per "
+                                                               "login_address_window before it must wait")
+    login_address_window: int = Field(600, ge=1, le=86400, description="seconds of the per-address sign-in window")
     # prompt audio (ivr.prompts, docs/prompts.md)
     prompt_cache_dir: str = Field("var/prompt-cache", description="content-addressed cache of rendered prompt audio")
     prompt_voices: dict[str, str] = Field({}, description="espeak-ng voice per language or primary language, e.g. "
@@ -77,6 +82,9 @@ class Config(BaseModel):
 
     # ---- visual IVR (visual_ivr/): links texted to callers, the H5 pages, SMS
     visual_link_ttl: int = Field(900, ge=60, le=86400, description="seconds a texted link stays valid")
+    visual_link_failures: int = Field(30, ge=0, description="unknown or tampered link tokens one client address "
+                                                             "may try per 10 minutes before its link requests get "
+                                                             "429 for a while (0: no limit)")
     visual_service_number: str = Field("95598", description="service number shown on the visual IVR's pages")
     visual_timezone: str = Field("Asia/Shanghai", description="time zone of callback slots on the pages")
     visual_callback_hours: str = Field("08:00-22:00", description="HH:MM-HH:MM when callback slots are offered")

@@ -60,6 +60,10 @@ TEXTS: dict[str, dict[str, str]] = {
     "not_found_title": {"zh": "找不到页面", "en": "Page not found"},
     "not_found": {"zh": "这个链接无效。请检查短信中的链接，或再次致电。",
                   "en": "This link is not valid. Please check the link in your text message, or call us."},
+    "too_many_title": {"zh": "请稍后再试", "en": "Please try again later"},
+    "too_many": {"zh": "无效链接的访问次数过多，请稍后再试，或再次致电。",
+                 "en": "Too many invalid links were opened from your network. Please try again later, "
+                       "or call us again."},
     "bad_request_title": {"zh": "请求无效", "en": "Something went wrong"},
     "bad_request": {"zh": "页面已过期或提交有误，请返回重试。",
                     "en": "The page was out of date or the form was not valid. Please go back and try again."},

@@ -20,6 +20,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
+from ivr.auth import BODY_ERRORS, AddressLimiter, client_address, read_post
 from ivr.engine import public_state
 from ivr.flow.nodes import InputDigitsNode, LookupNode
 from visual_ivr.auth import AGENT_KEY, agent_name, agents_only, may_use_session
@@ -34,6 +35,9 @@ log = logging.getLogger("visual_ivr.web")
 HERE = Path(__file__).resolve().parent
 DEVICE_COOKIE = "ivr_dev"
 HUB_KEY: web.AppKey[VisualHub] = web.AppKey("visual_hub")
+#: Unknown or tampered link tokens per client address (``visual_link_failures`` per window).
+GUESS_KEY: web.AppKey[AddressLimiter | None] = web.AppKey("visual_link_guesses")
+GUESS_WINDOW = 600.0
 STATIC = {name: (HERE / "static" / name).read_bytes() for name in ("app.css", "app.js")}
 STATIC_TYPES = {"app.css": "text/css", "app.js": "application/javascript"}
 SECURITY_HEADERS = {
@@ -54,9 +58,9 @@ _env.globals["t"] = t
 
 
 class PageError(Exception):
-    def __init__(self, status: int, name: str, lang: str | None = None):
+    def __init__(self, status: int, name: str, lang: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(name)
-        self.status, self.name, self.lang = status, name, lang
+        self.status, self.name, self.lang, self.headers = status, name, lang, headers or {}
 
 
 # ------------------------------------------------------------------ rendering
@@ -254,6 +258,14 @@ async def _session_for(request: web.Request, *, posting: bool) -> tuple[WebSessi
     """(web session, device id, new device cookie to set) for the request's token, or a PageError."""
     hub = request.app[HUB_KEY]
     token = request.match_info["token"]
+    guesses = request.app.get(GUESS_KEY)
+    address = client_address(request)
+    if guesses is not None:
+        # too many made-up tokens from this address: answer nothing about any token for a while
+        wait = guesses.retry_after(address)
+        if wait is not None:
+            log.warning("visual link refused: too many unknown link tokens from %s", address)
+            raise PageError(429, "too_many", _request_lang(request), {"Retry-After": str(int(wait))})
     device = _device(request)
     new_device = None
     if device is None:
@@ -263,7 +275,10 @@ async def _session_for(request: web.Request, *, posting: bool) -> tuple[WebSessi
     red = await hub.links.redeem(token, device)
     lang = red.link.language if red.link else _request_lang(request)
     if red.status in ("bad", "unknown"):
-        raise PageError(404, "not_found", lang)
+        if guesses is not None:
+            guesses.fail(address)
+        log.info("visual link: %s token from %s", red.status, address)
+        raise PageError(404, "not_found", _request_lang(request))
     if red.status == "other_device":
         raise PageError(403, "other_device", lang)
     assert red.link is not None
@@ -319,7 +334,7 @@ async def act(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB_KEY]
     ws, device, _ = await _session_for(request, posting=True)
     token = request.match_info["token"]
-    form = await request.post()
+    form = await read_post(request)
     lang = (ws.turn.state.get("lang") if ws.turn else ws.language) or "zh-CN"
     if not hub.links.check_csrf(ws.link_id, device, form.get("csrf") if isinstance(form.get("csrf"), str) else None):
         raise PageError(403, "bad_request", lang)
@@ -396,7 +411,7 @@ async def api_push(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB_KEY]
     try:
         body = await request.json()
-    except ValueError:
+    except BODY_ERRORS:
         return web.json_response({"error": "send a JSON object"}, status=400)
     if not isinstance(body, dict) or not isinstance(body.get("session_id"), str) or \
             not isinstance(body.get("node"), str):
@@ -447,6 +462,7 @@ async def friendly_errors(request: web.Request, handler: Any) -> web.StreamRespo
         return await handler(request)
     except PageError as err:
         resp = info_page(hub, err.name, err.status, err.lang)
+        resp.headers.update(err.headers)
         resp.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
         return resp
     except web.HTTPException as exc:
@@ -461,6 +477,8 @@ async def friendly_errors(request: web.Request, handler: Any) -> web.StreamRespo
 
 def add_routes(webapp: web.Application, hub: VisualHub) -> None:
     webapp[HUB_KEY] = hub
+    limit = hub.app.config.visual_link_failures
+    webapp[GUESS_KEY] = AddressLimiter(limit, GUESS_WINDOW) if limit else None
     webapp.middlewares.append(friendly_errors)
     webapp.router.add_get("/v/static/{name}", static)
     webapp.router.add_get(r"/v/{token:[^/]{1,200}}", page)

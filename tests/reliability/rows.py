@@ -130,22 +130,30 @@ row("flows.hostile-files", "Hostile input: flow files",
 
 # --- Hostile input: web ----------------------------------------------------
 row("web.link-tokens", "Hostile input: web",
-    "Tampered, expired, replayed and guessed link tokens", "4xx, no session opened, nothing leaked")
+    "Tampered, truncated, extended, expired, replayed (another device) and guessed visual-IVR link tokens",
+    "4xx; one identical 404 page for every made-up token; no session opened, nothing of the call shown; "
+    "guessing from one address rate limited (429)")
 row("web.csrf", "Hostile input: web",
-    "POST without or with a wrong CSRF token", "refused with 403; nothing changed")
+    "Every state-changing route of the router posted without, with a wrong or with another session's CSRF token",
+    "refused with 403; nothing changed in the database")
 row("web.script-injection", "Hostile input: web",
-    "Script injection through every variable a page or the desk shows", "escaped; no script runs")
+    "Script injection through every variable a page or the desk shows (caller ID, flow variables, look-ups, "
+    "summary, prompts, labels, agent and queue names, notes)",
+    "escaped: in Chromium no dialog, no injected element; CSP on every page, the pages' own scripts still run")
 row("web.bad-posts", "Hostile input: web",
-    "Oversized and malformed form posts", "4xx, never a traceback")
+    "Oversized, malformed, wrongly typed and wrongly encoded bodies to every POST route; bad WebSocket frames",
+    "4xx (400/403/413/415), never a 500 or a traceback; the server keeps serving")
 row("web.agent-isolation", "Hostile input: web",
-    "An agent reads another agent's pops or sessions by id", "refused")
+    "An agent reads another agent's pops, sessions, push status or callbacks by id, or takes their interface",
+    "refused; pops reach only the agent offered the call and supervisors")
 row("web.brute-force", "Hostile input: web",
-    "Brute-force sign-in", "rate limited, locked out, logged")
+    "Brute-force sign-in: wrong passwords for one account, many accounts from one address",
+    "account locked (even the right password) until the lock expires; address rate limited; every refusal logged")
 
 # --- Hostile input: masked values ------------------------------------------
 row("mask.sinks", "Hostile input: masked values",
-    "Masked input (`mask: true`) searched in every sink after a call",
-    "absent from logs, database rows, pages, pops, SMS and metrics")
+    "Masked input (`mask: true`) keyed on the phone or typed on the page, searched in every sink after the call",
+    "absent from logs, database rows, pages, desk pops, SMS, metrics, /ops and the AGI bytes")
 
 # --- Load and soak ----------------------------------------------------------
 row("soak.short", "Load and soak",

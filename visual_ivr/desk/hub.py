@@ -184,16 +184,16 @@ class DeskHub:
             body, mac = outer["body"], outer["mac"]
             if not isinstance(body, str) or not isinstance(mac, str):
                 raise TypeError
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             await self._refuse(conn, "malformed message")
             return
-        if not hmac.compare_digest(mac, self._mac(conn, body)):
+        if not hmac.compare_digest(mac.encode(), self._mac(conn, body).encode()):
             await self._refuse(conn, "bad signature (forged)")
             return
         try:
             inner = json.loads(body)
             seq, kind, data = int(inner["seq"]), str(inner["type"]), inner.get("data") or {}
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             await self._refuse(conn, "malformed message")
             return
         if seq <= conn.recv_seq:

@@ -10,7 +10,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from ivr.auth import AccountError, check_csrf, current_account, get_auth, render, require_role
+from ivr.auth import BODY_ERRORS, AccountError, check_csrf, current_account, get_auth, read_post, render, require_role
 from ivr.engine.types import Event
 
 from .hub import DeskHub
@@ -54,13 +54,17 @@ def add_routes(webapp: web.Application, app: Any, hub: DeskHub) -> None:
 
     @require_role("agent", "supervisor")
     async def set_interface(request: web.Request) -> web.Response:
-        form = await request.post()
+        if request.content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            raise web.HTTPUnsupportedMediaType(text="send the form")
+        form = await read_post(request)
         check_csrf(request, form.get("csrf_token"))
+        if not isinstance(form.get("interface"), str):
+            raise web.HTTPBadRequest(text="the form has no interface field")
         account = current_account(request)
         assert account is not None
         auth = get_auth(request)
         try:
-            await auth.accounts.set_interface(account.id, str(form.get("interface", "")))
+            await auth.accounts.set_interface(account.id, str(form.get("interface", "")), claim=True)
         except AccountError as exc:
             raise web.HTTPSeeOther(f"/desk?interface_error={quote(str(exc)[:200])}") from None
         auth.forget(account.id)
@@ -84,13 +88,13 @@ def add_routes(webapp: web.Application, app: Any, hub: DeskHub) -> None:
         if request.content_type == "application/json":
             try:
                 data = await request.json()
-            except ValueError:
+            except BODY_ERRORS:
                 return _json_error(400, "malformed JSON")
             if not isinstance(data, dict):
                 return _json_error(400, "expected a JSON object")
             check_csrf(request)
         else:
-            data = dict(await request.post())
+            data = dict(await read_post(request))
             check_csrf(request, data.get("csrf_token"))
         if not await hub.may_see(account, sid):
             return _json_error(403, "that session was not offered to you")
