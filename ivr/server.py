@@ -110,7 +110,8 @@ class App:
             await chan.set_variable(names.INHERIT + names.VAR_SESSION, context["session_id"])
         except AgiError:
             return  # gone before the flow began: nothing to record
-        face = VoiceFace(chan, sounds_prefix=self.config.sounds_prefix, **self.voice_hooks)
+        face = VoiceFace(chan, sounds_prefix=self.config.sounds_prefix, exec_timeout=self.config.agi_exec_timeout,
+                         **self.voice_hooks)
         face.handoff = self.handoff
         sid = context["session_id"]
         self.live_calls[sid] = LiveCall(sid, face, chan.env.get("agi_channel"), chan.uniqueid, flow.id)

@@ -9,6 +9,7 @@ an unexpected error sends the caller somewhere safe.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
@@ -28,6 +29,13 @@ class CallerGone(Exception):
     def __init__(self, reason: str = "caller"):
         super().__init__(reason)
         self.reason = reason
+
+
+class FaceBroken(Exception):
+    """Raised by a face whose link broke under it: the peer sent garbage, or no
+    reply came in time. Not a bug in the flow or the server: the session ends
+    ``error`` with this message as its reason, logged as a warning (no
+    traceback), and the face's ``finish`` still runs."""
 
 
 class Face(Protocol):
@@ -181,14 +189,21 @@ class CallDriver:
                         await face.present(turn.prompts)
                 except CallerGone:
                     pass
+        except asyncio.CancelledError:
+            # the server is stopping and the grace is over: the session ends
+            # `error`, so the face hands the caller to the safe destination
+            # (the dialplan's fallback) instead of cutting the call
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            log.warning("session %s: server stopping, call handed back at node %s", info.id, turn.state.get("node"))
+            self._fail(face, info, turn, "shutdown", "server stopped before the call ended")
+        except FaceBroken as exc:
+            log.warning("session %s: %s link lost at node %s: %s", info.id, face.channel, turn.state.get("node"), exc)
+            self._fail(face, info, turn, "face", str(exc))
         except Exception as exc:  # the server survives any one call's failure
             log.exception("session %s failed at node %s", info.id, turn.state.get("node"))
-            err = Event("error", turn.state.get("node"), {"where": "driver", "message": f"{type(exc).__name__}: {exc}"})
-            info.events.append({**err.to_dict(), "channel": face.channel})
-            if self.store is not None:
-                self.store.append(info.id, [err], face.channel)
-            turn.state["status"] = "ended"
-            turn.state["outcome"] = "error"
+            self._fail(face, info, turn, "driver", f"{type(exc).__name__}: {exc}")
         outcome = turn.state.get("outcome") or "error"
         try:
             await face.finish(outcome, info)
@@ -203,6 +218,24 @@ class CallDriver:
                                          reason=state.get("reason"))
         return CallResult(info.id, outcome, state.get("node"), state["vars"], summary, state.get("reason"),
                           info.events)
+
+    def _fail(self, face: Face, info: SessionInfo, turn: Turn, where: str, message: str) -> None:
+        """End a session that broke: an ``error`` event, then ``session_end``
+        (outcome ``error``) so the trail is complete; a lost link is the reason."""
+        if turn.ended:  # failed presenting the last prompts: the session ended as the flow said
+            return
+        node = turn.state.get("node")
+        if where != "driver" and not turn.state.get("reason"):
+            turn.state["reason"] = message[:200]
+        events = [Event("error", node, {"where": where, "message": message}),
+                  Event("session_end", node, {"outcome": "error", "reason": turn.state.get("reason")})]
+        dicts = [{**e.to_dict(), "channel": face.channel} for e in events]
+        info.events.extend(dicts)
+        log_trail_events(dicts, face.channel)
+        if self.store is not None:
+            self.store.append(info.id, events, face.channel)
+        turn.state["status"] = "ended"
+        turn.state["outcome"] = "error"
 
     async def _next_input(self, face: Face, info: SessionInfo, turn: Turn) -> "Input | Handover":
         if turn.expect is not None:
