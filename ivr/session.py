@@ -225,7 +225,7 @@ class CallDriver:
         if turn.ended:  # failed presenting the last prompts: the session ended as the flow said
             return
         node = turn.state.get("node")
-        if where != "driver" and not turn.state.get("reason"):
+        if where != "driver":  # the link or the server, not the flow: that is why it ended
             turn.state["reason"] = message[:200]
         events = [Event("error", node, {"where": where, "message": message}),
                   Event("session_end", node, {"outcome": "error", "reason": turn.state.get("reason")})]

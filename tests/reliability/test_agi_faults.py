@@ -11,6 +11,7 @@ behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -50,6 +51,8 @@ SAMPLES = {
 }
 #: The demo call: Chinese, billing, account + ID, balance, 0 for a person, survey 5.
 DEMO_KEYS = ["1", "1", "20240001#", "110105199003071239#", "1", "0", "5"]
+#: The demo call with a silence at the main menu (so a WAIT FOR DIGIT too).
+FAULT_KEYS = ["1", SILENCE, "1", "20240001#", "110105199003071239#", "1", "0", "5"]
 BATCH = 20
 
 
@@ -107,6 +110,20 @@ class Timeline(logging.Handler):
             except (TypeError, IndexError, ValueError):
                 data = {}
             self.events.setdefault(session_id, []).append((next(_seq), event["kind"], event["node"], data))
+
+
+@contextlib.contextmanager
+def timeline_on():
+    timeline = Timeline()
+    trail_log = logging.getLogger("ivr.trail")
+    old_level = trail_log.level
+    trail_log.setLevel(logging.INFO)
+    trail_log.addHandler(timeline)
+    try:
+        yield timeline
+    finally:
+        trail_log.removeHandler(timeline)
+        trail_log.setLevel(old_level)
 
 
 @dataclass
@@ -248,16 +265,17 @@ _COMPLETE_THEN_DROP = ("SET VARIABLE", "GET VARIABLE", "GET FULL", "VERBOSE", "C
 _SENT_WHEN_DEAD = ("SET VARIABLE", "GET VARIABLE", "GET FULL", "VERBOSE")
 
 
-def _expected(full: Recorded, k: int) -> tuple[set[str | None], set[str]]:
+def _expected(full: Recorded, k: int, *, seen_at_once: bool = False) -> tuple[set[str | None], set[str]]:
     """Nodes and outcomes a hang-up during command ``k`` (0-based) may end with.
 
     A command Asterisk completes before the line drops shows the hang-up at
     the next command that needs a live channel (index ``j``): the session may
-    have gone on to that command's node meanwhile, and no further.
+    have gone on to that command's node meanwhile, and no further. With
+    ``seen_at_once`` (the connection itself broke) the command shows it.
     """
     commands = full.result.commands
     j = k
-    if commands[k].startswith(_COMPLETE_THEN_DROP):
+    if commands[k].startswith(_COMPLETE_THEN_DROP) and not seen_at_once:
         j = k + 1
         while j < len(commands) - 1 and commands[j].startswith(_SENT_WHEN_DEAD):
             j += 1
@@ -275,18 +293,13 @@ def _expected(full: Recorded, k: int) -> tuple[set[str | None], set[str]]:
 @pytest.mark.reliability("agi.hangup-every-command")
 async def test_hangup_at_every_command_of_every_path(server, rel, caplog):
     caplog.set_level(logging.WARNING)
-    timeline = Timeline()
-    trail_log = logging.getLogger("ivr.trail")
-    old_level = trail_log.level
-    trail_log.setLevel(logging.INFO)
-    trail_log.addHandler(timeline)
     await warm_up(server)
     leaks = Leaks(server)
     problems: list[str] = []
     points = paths = 0
     explore_s = 0.0
     t_all = time.monotonic()
-    try:
+    with timeline_on() as timeline:
         for flow_id in shipped_flows(server):
             flow = server.registry.get(flow_id)
 
@@ -346,9 +359,6 @@ async def test_hangup_at_every_command_of_every_path(server, rel, caplog):
             for i in range(0, len(jobs), BATCH):
                 for found_problems in await asyncio.gather(*(one(p, k) for p, k in jobs[i:i + BATCH])):
                     problems.extend(found_problems)
-    finally:
-        trail_log.removeHandler(timeline)
-        trail_log.setLevel(old_level)
     problems += await leaks.problems()
     problems += log_problems(caplog)
     rel.tried(points)
@@ -357,3 +367,323 @@ async def test_hangup_at_every_command_of_every_path(server, rel, caplog):
     rel.figure("hang-up sweep", round(time.monotonic() - t_all - explore_s, 1), " s")
     rel.lost(len(problems), "; ".join(problems[:5]))
     assert not problems, "\n".join(problems[:30])
+
+
+def _hangup_problems(where: str, rec: Recorded, full: Recorded, k: int, *, seen_at_once: bool = False,
+                     peer_closes: bool = False) -> list[str]:
+    """What is wrong with a call the peer left during command ``k`` of ``full``
+    (``peer_closes``: the peer closed the socket itself; Leaks checks the server's end)."""
+    out = [f"{where}: {p}" for p in trail_problems(rec.session, rec.events)]
+    if not rec.result.server_closed and not peer_closes:
+        out.append(f"{where}: the server did not close the socket")
+    nodes, outcomes = _expected(full, k, seen_at_once=seen_at_once)
+    if rec.session is None:
+        if full.node[k] is not None or k > 1:
+            out.append(f"{where}: no session")
+        return out
+    if rec.session["outcome"] not in outcomes:
+        out.append(f"{where}: outcome {rec.session['outcome']}, expected {outcomes}")
+    if rec.session["end_node"] not in nodes:
+        out.append(f"{where}: ended at {rec.session['end_node']}, expected {nodes}")
+    if not full.ended[k]:
+        hang = [e for e in rec.events if e["kind"] == "hangup"
+                or (e["kind"] == "transfer_result" and e["data"].get("status") == "ended")]
+        if not hang or hang[-1]["node"] != rec.session["end_node"]:
+            out.append(f"{where}: hangup event at {hang[-1]['node'] if hang else None}, "
+                       f"session ended at {rec.session['end_node']}")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# agi.reset-mid-command
+
+#: Kinds of command a reset is tried at (every occurrence, up to 3 each, along the demo call).
+RESET_KINDS = ("ANSWER", "SET VARIABLE", "STREAM FILE", "WAIT FOR DIGIT", "GET DATA", "EXEC Queue",
+               "GET VARIABLE", "HANGUP")
+
+
+@pytest.mark.reliability("agi.reset-mid-command")
+async def test_reset_by_peer_mid_command(server, rel, caplog):
+    caplog.set_level(logging.WARNING)
+    await warm_up(server)
+    leaks = Leaks(server)
+    with timeline_on() as timeline:
+        full = await place(server, "demo_hotline", "known", FAULT_KEYS, timeline)
+    assert full.session["outcome"] == "transfer"
+    commands = full.result.commands
+    points = []
+    for kind in RESET_KINDS:
+        at = [k for k, c in enumerate(commands) if c.startswith(kind)][:3]
+        assert at, f"the demo call sends no {kind}"
+        points += at
+    # RST right away, and RST after half a reply line
+    variants = [PeerFault(k + 1, b"", "reset") for k in points] + \
+               [PeerFault(k + 1, b"200 resu", "reset") for k in points]
+
+    async def one(fault: PeerFault):
+        k = fault.at - 1
+        rec = await place(server, "demo_hotline", "known", FAULT_KEYS, fault=fault)
+        where = f"reset at command {fault.at} ({commands[k][:40]!r}, sent {fault.send!r})"
+        if len(rec.result.commands) != fault.at or rec.result.commands[-1].split()[:2] != commands[k].split()[:2]:
+            return [f"{where}: the call did not go as the whole one up to the reset: {rec.result.commands[-2:]}"]
+        return _hangup_problems(where, rec, full, k, seen_at_once=True, peer_closes=True)
+
+    problems: list[str] = []
+    for i in range(0, len(variants), BATCH):
+        for found in await asyncio.gather(*(one(f) for f in variants[i:i + BATCH])):
+            problems += found
+    problems += await leaks.problems()
+    problems += log_problems(caplog)
+    rel.tried(len(variants))
+    rel.note(f"{len(variants)} resets at {len(points)} commands of {len(RESET_KINDS)} kinds along the demo call")
+    rel.lost(len(problems), "; ".join(problems[:5]))
+    assert not problems, "\n".join(problems[:30])
+
+
+# ---------------------------------------------------------------------------
+# agi.silent-peer
+
+SHORT_INPUT_FLOW = """
+id: short_input
+title: A short entry (GET DATA with a short wait)
+languages: [en-US]
+prompts:
+  ask: {en-US: "Two digits please."}
+start: ask
+nodes:
+  ask: {type: input, prompt: ask, var: code, min_length: 2, max_length: 2, timeout: 1, next: bye}
+  bye: {type: hangup}
+"""
+
+COMMAND_TIMEOUT = 1.0
+EXEC_TIMEOUT = 2.0
+
+
+@pytest.mark.reliability("agi.silent-peer")
+async def test_silent_peer_ends_within_the_command_timeout(server, flows_dir, rel, caplog):
+    caplog.set_level(logging.WARNING)
+    (flows_dir / "short_input.yaml").write_text(SHORT_INPUT_FLOW, encoding="utf-8")
+    server.registry.reload()
+    # small timeouts for the test; in production they are config options
+    server.agi.command_timeout = COMMAND_TIMEOUT
+    server.config.agi_exec_timeout = EXEC_TIMEOUT
+    await warm_up(server)
+    leaks = Leaks(server)
+    with timeline_on() as timeline:
+        demo = await place(server, "demo_hotline", "known", FAULT_KEYS, timeline)
+        short = await place(server, "short_input", "known", ["12"], timeline)
+
+    def first(rec: Recorded, prefix: str) -> int:
+        return next(k for k, c in enumerate(rec.result.commands) if c.startswith(prefix))
+
+    cases = []  # (flow, keys, recorded whole call, command index, longest legitimate wait)
+    for prefix, wait in (("ANSWER", 0), ("SET VARIABLE __IVR_SESSION", 0), ("STREAM FILE", 0),
+                         ("WAIT FOR DIGIT", 3.0), ("SET VARIABLE __IVR_SUMMARY", 0), ("GET VARIABLE", 0)):
+        cases.append(("demo_hotline", FAULT_KEYS, demo, first(demo, prefix), COMMAND_TIMEOUT + wait))
+    cases.append(("demo_hotline", FAULT_KEYS, demo, first(demo, "EXEC Queue"), EXEC_TIMEOUT))
+    # GET DATA waits for each of 3 keys (2 + the terminator), 1 s each
+    cases.append(("short_input", ["12"], short, first(short, "GET DATA"), COMMAND_TIMEOUT + 3 * 1.0))
+
+    async def one(flow_id, keys, full, k, limit):
+        started = time.monotonic()
+        rec = await place(server, flow_id, "known", keys, fault=PeerFault(k + 1), idle_timeout=limit + 10)
+        took = time.monotonic() - started
+        command = full.result.commands[k]
+        where = f"{flow_id}: silent at command {k + 1} ({command[:40]!r})"
+        out = [f"{where}: {p}" for p in trail_problems(rec.session, rec.events)]
+        if not rec.result.server_closed:
+            out.append(f"{where}: the server never closed the socket")
+        if took > limit + 5:
+            out.append(f"{where}: the call took {took:.1f} s, limit {limit} s")
+        if full.node[k] is None:  # before the session began
+            if rec.session is not None:
+                out.append(f"{where}: a session began: {rec.session['id']}")
+            return out, took
+        if rec.session is None:
+            return out + [f"{where}: no session"], took
+        if rec.session["outcome"] != "error" or rec.session["end_node"] != full.node[k]:
+            out.append(f"{where}: ended {rec.session['outcome']} at {rec.session['end_node']}, "
+                       f"expected error at {full.node[k]}")
+        if "no reply" not in (rec.session["reason"] or ""):
+            out.append(f"{where}: reason {rec.session['reason']!r} does not say why")
+        errors = [e for e in rec.events if e["kind"] == "error"]
+        if not errors or errors[-1]["data"].get("where") != "face":
+            out.append(f"{where}: no error event from the face on the trail")
+        return out, took
+
+    results = await asyncio.gather(*(one(*case) for case in cases))
+    problems = [p for found, _ in results for p in found]
+    problems += await leaks.problems()
+    problems += log_problems(caplog)
+    if not any("link lost" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING):
+        problems.append("no warning says the link was lost")
+    rel.tried(len(cases))
+    rel.figure("longest overrun past the command's limit", round(max(t - c[4] for (_, t), c in zip(results, cases)), 1),
+               " s")
+    rel.note(f"silent at {len(cases)} command kinds; command_timeout {COMMAND_TIMEOUT} s, "
+             f"agi_exec_timeout {EXEC_TIMEOUT} s in the test")
+    rel.lost(len(problems), "; ".join(problems[:5]))
+    assert not problems, "\n".join(problems[:30])
+
+
+# ---------------------------------------------------------------------------
+# agi.garbage-peer
+
+
+def _env(**overrides: str) -> bytes:
+    return ("".join(f"{line}\n" for line in build_env(script="demo_hotline", overrides=overrides))).encode()
+
+
+_GOOD_ENV = _env()
+_NO_BLANK = _GOOD_ENV  # build_env's lines end with "\n" each; the block's blank line is missing
+
+#: (name, raw environment, what follows): the environment block is garbage.
+ENV_GARBAGE: list[tuple[str, bytes, str]] = [
+    ("binary", b"\x00\x01\x02\xff\xfe garbage \x80\n\n", "refused"),
+    ("HTTP probe", b"GET /demo_hotline HTTP/1.1\r\nHost: ivr\r\n\r\n", "refused"),
+    ("no blank line, then EOF", _NO_BLANK, "refused"),
+    ("no blank line, stays open", _NO_BLANK, "refused-timeout"),
+    ("oversized line", b"agi_network: yes\nagi_request: " + b"A" * 70_000 + b"\n\n", "refused"),
+    ("300 lines", b"agi_arg_1: x\n" * 300 + b"\n", "refused"),
+    ("key without agi_", b"agi_network: yes\nnetwork_script: demo_hotline\n\n", "refused"),
+    ("only the blank line", b"\n", "noflow"),
+    ("no agi_network_script", _env().replace(b"agi_network_script: demo_hotline\n", b"") + b"\n", "noflow"),
+    ("non-UTF-8 caller ID", _GOOD_ENV.replace(b"agi_callerid: 13800138000", b"agi_callerid: \xff\xfe\xc0")
+     + b"\n", "call"),
+    ("non-UTF-8 script", _GOOD_ENV.replace(b"agi_network_script: demo_hotline", b"agi_network_script: demo\xff")
+     + b"\n", "noflow"),
+    ("CR LF line ends", _GOOD_ENV.replace(b"\n", b"\r\n") + b"\r\n", "call"),
+]
+
+#: (name, bytes sent instead of a reply, then): the replies are garbage. "lenient":
+#: a command whose result the server does not use may take it as it is;
+#: "silent": the server's command timeout or the peer's idle time ends it.
+REPLY_GARBAGE: list[tuple[str, bytes, str]] = [
+    ("text", b"garbage\n", "go on"),
+    ("binary", b"\x00\xff\xfe\x80\x01\n", "go on"),
+    ("empty line", b"\n", "go on"),
+    ("no result=", b"200\n", "go on"),
+    ("result not a number", b"200 result=abc\n", "go on lenient"),
+    ("unterminated (", b"200 result=1 (data\n", "go on"),
+    ("bad endpos", b"200 result=0 endpos=x\n", "go on"),
+    ("unknown code 299", b"299 result=0\n", "go on"),
+    ("unknown code 404", b"404 Not Found\n", "go on"),
+    ("unknown code 600", b"600 result=0\n", "go on"),
+    ("continuation line", b"200-result=0\n", "go on"),
+    ("overlong line", b"200 result=" + b"1" * 70_000 + b"\n", "go on"),
+    ("only a notice, then silence", b"100 Trying...\n", "go on silent"),
+    ("partial line, then EOF", b"200 resu", "close"),
+    ("usage block cut, then EOF", b"520-Invalid command syntax.  Proper usage follows:\n", "close"),
+    ("binary, then EOF", b"\xff\xfe\x00", "close"),
+    ("garbage, then reset", b"\x13\x37 junk\n", "reset after garbage"),
+]
+
+GARBAGE_COMMAND_TIMEOUT = 1.5
+
+
+def _generated(strategy, n: int) -> list:
+    """``n`` values of a hypothesis strategy, the same every run."""
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    out: list = []
+
+    @settings(max_examples=n, derandomize=True, database=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck), deadline=None)
+    @given(strategy)
+    def collect(value) -> None:
+        out.append(value)
+
+    collect()
+    return out
+
+
+@pytest.mark.reliability("agi.garbage-peer")
+async def test_garbage_from_the_peer_is_a_typed_error(server, rel, caplog):
+    from hypothesis import strategies as st
+
+    caplog.set_level(logging.WARNING)
+    server.agi.env_timeout = 1.0
+    server.agi.command_timeout = GARBAGE_COMMAND_TIMEOUT
+    await warm_up(server)
+    leaks = Leaks(server)
+    with timeline_on() as timeline:
+        full = await place(server, "demo_hotline", "known", FAULT_KEYS, timeline)
+    commands = full.result.commands
+    # garbage instead of the reply to: the first prompt, WAIT FOR DIGIT, GET DATA,
+    # SET VARIABLE (transfer), EXEC Queue, GET VARIABLE, ANSWER
+    at = [next(k for k, c in enumerate(commands) if c.startswith(p))
+          for p in ("STREAM FILE", "WAIT FOR DIGIT", "GET DATA", "SET VARIABLE __IVR_SUMMARY", "EXEC Queue",
+                    "GET VARIABLE", "ANSWER")]
+    cases: list[tuple[str, dict[str, Any], str, int | None]] = []
+    for name, raw, follows in ENV_GARBAGE:
+        idle = {"refused-timeout": 4.0, "refused": 0.5}.get(follows, 5.0)
+        cases.append((f"environment: {name}", {"raw_env": raw, "idle_timeout": idle}, follows, None))
+    expect = {"go on": "error", "go on lenient": "error or call", "go on silent": "error or hangup",
+              "close": "hangup", "reset after garbage": "error"}
+    for name, data, then in REPLY_GARBAGE:
+        for k in at:
+            fault = PeerFault(k + 1, data, "reset" if then.startswith("reset") else then.split()[0])
+            cases.append((f"reply to {commands[k][:30]!r}: {name}", {"fault": fault, "idle_timeout": 3.0},
+                          expect[then], k))
+    # generated: any bytes as the environment, or instead of one reply
+    lines = st.binary(min_size=0, max_size=300).map(lambda b: b + b"\n")
+    for raw in _generated(st.binary(min_size=0, max_size=400), 60):
+        cases.append((f"generated environment {raw[:20]!r}", {"raw_env": raw, "idle_timeout": 0.5}, "any", None))
+    for k, data, then in _generated(st.tuples(st.sampled_from(at), lines, st.sampled_from(["go on", "close", "reset"])),
+                                    120):
+        cases.append((f"generated reply to {commands[k][:30]!r}: {data[:20]!r} then {then}",
+                      {"fault": PeerFault(k + 1, data, then)}, "any", k))
+
+    async def one(name: str, kw: dict[str, Any], follows: str, k: int | None) -> list[str]:
+        rec = await place(server, "demo_hotline", "known", FAULT_KEYS, **kw)
+        where = name
+        out = [f"{where}: {p}" for p in trail_problems(rec.session, rec.events)]
+        fault = kw.get("fault")
+        # the server closes, unless the peer did first (closed, reset, gave up
+        # waiting): then Leaks checks that the server's end is closed too
+        if not (rec.result.server_closed or rec.result.idle_timed_out or (fault and fault.then in ("close", "reset"))):
+            out.append(f"{where}: the server did not close the socket")
+        outcome = rec.session["outcome"] if rec.session else None
+        if follows.startswith("refused"):
+            if rec.result.commands or rec.session:
+                out.append(f"{where}: garbage environment, yet the server sent {rec.result.commands[:2]}")
+        elif follows == "noflow":
+            if rec.session or ("IVR_RESULT", "noflow") not in rec.result.variables_set:
+                out.append(f"{where}: expected IVR_RESULT=noflow and no session, got {rec.result.variables_set}")
+        elif follows == "call":
+            if outcome not in ("hangup", "transfer") or len(rec.result.commands) < 5:
+                out.append(f"{where}: a valid (if odd) environment, yet the call ended {outcome}")
+        elif follows == "error or call" and outcome not in ("error", "transfer", "hangup", None):
+            out.append(f"{where}: ended {outcome}")
+        elif follows in ("error", "hangup", "error or hangup") and k is not None:
+            node = full.node[k]
+            if node is None:  # before the session began
+                if rec.session is not None:
+                    out.append(f"{where}: a session began")
+            elif outcome not in follows.split(" or ") or rec.session["end_node"] != node:
+                out.append(f"{where}: ended {outcome} at {rec.session and rec.session['end_node']}, "
+                           f"expected {follows} at {node}")
+            elif outcome == "error" and "AGI" not in (rec.session["reason"] or ""):
+                out.append(f"{where}: the reason does not say the AGI link broke: {rec.session['reason']!r}")
+        return out
+
+    problems: list[str] = []
+    for i in range(0, len(cases), BATCH):
+        for found in await asyncio.gather(*(one(*case) for case in cases[i:i + BATCH])):
+            problems += found
+        # the server keeps serving normal calls between the batches
+        normal = await place(server, "demo_hotline", "known", DEMO_KEYS)
+        if normal.session is None or normal.session["outcome"] != "transfer":
+            problems.append(f"a normal call after batch {i // BATCH + 1} ended "
+                            f"{normal.session and normal.session['outcome']}")
+    problems += await leaks.problems()
+    problems += log_problems(caplog)
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING
+              and r.name in ("ivr.agi", "ivr.session", "ivr.server")]
+    if len(warned) < len(ENV_GARBAGE) // 2:
+        problems.append(f"only {len(warned)} warnings for {len(cases)} garbage inputs")
+    rel.tried(len(cases))
+    rel.note(f"{len(ENV_GARBAGE)} environments and {len(REPLY_GARBAGE)} replies × {len(at)} commands listed, "
+             f"plus 180 generated by hypothesis; a normal call after every {BATCH}")
+    rel.lost(len(problems), "; ".join(problems[:5]))
+    assert not problems, "\n".join(problems[:40])
