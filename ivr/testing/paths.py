@@ -171,9 +171,9 @@ async def explore(
     known caller, an unknown one ...) with the caller ``inputs`` and returns
     ``(trail events, anything)``; ``starts`` may map each start to its own
     ``max_depth`` (a variant that only matters early, like an unknown caller
-    ID, need not be explored as deep as the main one). Calls of one breadth-first layer run
-    ``concurrency`` at a time; at most ``max_runs`` calls are placed and no
-    script is longer than ``max_depth`` answers.
+    ID, need not be explored as deep as the main one). Calls of one
+    breadth-first layer run ``concurrency`` at a time; at most ``max_runs``
+    calls are placed and no script is longer than ``max_depth`` answers.
     """
     depth = dict(starts) if isinstance(starts, Mapping) else {start: max_depth for start in starts}
     covered: set[Edge] = set()
