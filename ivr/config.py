@@ -35,7 +35,10 @@ class Config(BaseModel):
     sounds_prefix: str = Field(names.SOUNDS_SUBDIR, description="how Asterisk names that folder in STREAM FILE")
     recordings_dir: str = Field("recordings", description="human recordings, <dir>/<lang>/<prompt-id>.wav")
     fallback_queue: str = Field(names.FALLBACK_QUEUE, description="queue for callers when a flow fails")
-    command_timeout: float = Field(30.0, description="seconds to wait for one AGI reply")
+    command_timeout: float = Field(30.0, description="seconds to wait for one AGI reply (commands that wait for "
+                                                     "keys add their own wait); longer than the longest prompt")
+    agi_exec_timeout: float = Field(14400.0, gt=0, description="seconds EXEC Queue or Dial may take, the talk with "
+                                                              "the agent included; a silent Asterisk past it is gone")
     trail_batch_size: int = Field(
         100, ge=1, le=5000,
         description="events per trail write: SQLAlchemy prepares a batch on the event loop, so big ones stall calls")

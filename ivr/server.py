@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import re
 import logging
 import signal
 import sys
@@ -19,11 +20,12 @@ from aiohttp import web
 
 from ivr import metrics, names
 from ivr.agi.channel import AgiChannel
-from ivr.agi.protocol import AgiError
+from ivr.agi.protocol import AgiError, AgiHangup
 from ivr.agi.server import FastAgiServer
 from ivr.agi.voice import VoiceFace, call_context
 from ivr.config import Config
 from ivr.engine import Engine
+from ivr.flow.model import ID_RE
 from ivr.flow.registry import FlowRegistry
 from ivr.logs import bind_call, setup_logging
 from ivr.lookup import LookupRunner
@@ -31,6 +33,8 @@ from ivr.session import CallDriver
 from ivr.store import TrailStore, default_spill_path
 
 log = logging.getLogger("ivr.server")
+#: What a flow name in an AGI URL can look like (flow ids, see ivr.flow.model.ID_RE).
+_FLOW_NAME_RE = re.compile(ID_RE)
 
 # Features add themselves to the server here (speech, desk, visual IVR,
 # callbacks, metrics): each gets the App after its core parts exist.
@@ -96,9 +100,15 @@ class App:
         bind_call(uniqueid=chan.uniqueid, session_id=None)  # every log line of this call names it
         flow_name, context = call_context(chan.env)
         flow = self.registry.find(flow_name)
-        if flow is None:
+        if "agi_network_script" not in chan.env or (flow is None and not _FLOW_NAME_RE.fullmatch(flow_name)):
+            # not a FastAGI request for a flow at all: the peer's fault, not a config error
+            log.warning("call %s: the AGI request names no flow (agi_network_script %r)", chan.uniqueid,
+                        chan.env.get("agi_network_script", "missing")[:80])
+            flow = None
+        elif flow is None:
             log.error("call %s asks for flow %r, which is not loaded (have: %s)", chan.uniqueid, flow_name,
                       ", ".join(sorted(self.registry.current)) or "none")
+        if flow is None:
             try:
                 await chan.set_variable(names.VAR_RESULT, "noflow")
             except AgiError:
@@ -108,9 +118,13 @@ class App:
         try:
             await chan.answer()
             await chan.set_variable(names.INHERIT + names.VAR_SESSION, context["session_id"])
-        except AgiError:
+        except AgiHangup:
             return  # gone before the flow began: nothing to record
-        face = VoiceFace(chan, sounds_prefix=self.config.sounds_prefix, **self.voice_hooks)
+        except AgiError as exc:  # garbage or no reply before the flow began: nothing to record either
+            log.warning("call %s: AGI link lost before the flow began: %s", chan.uniqueid, exc)
+            return
+        face = VoiceFace(chan, sounds_prefix=self.config.sounds_prefix, exec_timeout=self.config.agi_exec_timeout,
+                         **self.voice_hooks)
         face.handoff = self.handoff
         sid = context["session_id"]
         self.live_calls[sid] = LiveCall(sid, face, chan.env.get("agi_channel"), chan.uniqueid, flow.id)

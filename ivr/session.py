@@ -9,9 +9,10 @@ an unexpected error sends the caller somewhere safe.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
 from ivr import metrics
 from ivr.engine import Action, Engine, EngineError, Event, Expect, Input, PromptOut, Turn, public_state
@@ -20,6 +21,7 @@ from ivr.logs import bind_call, log_trail_events
 from ivr.store.summary import build_summary
 
 log = logging.getLogger("ivr.session")
+T = TypeVar("T")
 
 
 class CallerGone(Exception):
@@ -28,6 +30,13 @@ class CallerGone(Exception):
     def __init__(self, reason: str = "caller"):
         super().__init__(reason)
         self.reason = reason
+
+
+class FaceBroken(Exception):
+    """Raised by a face whose link broke under it: the peer sent garbage, or no
+    reply came in time. Not a bug in the flow or the server: the session ends
+    ``error`` with this message as its reason, logged as a warning (no
+    traceback), and the face's ``finish`` still runs."""
 
 
 class Face(Protocol):
@@ -112,6 +121,36 @@ class CallResult:
         }
 
 
+def _uncancel() -> None:
+    """This task handles the cancellation it got (asyncio.timeout keeps working)."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+async def _to_the_end(aw: Awaitable[T], *, absorb: bool = False) -> T:
+    """Await ``aw`` to its end even if this task is cancelled meanwhile (the
+    server stopping): then re-raise the cancellation afterwards, or with
+    ``absorb`` just go on."""
+    inner = asyncio.ensure_future(aw)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(inner)
+            break
+        except asyncio.CancelledError:
+            if inner.cancelled():
+                raise
+            if inner.done():
+                result = inner.result()
+                break
+            cancelled = True
+            _uncancel()
+    if cancelled and not absorb:
+        raise asyncio.CancelledError
+    return result
+
+
 class CallDriver:
     """Runs sessions. ``store`` is a TrailStore (or None for no persistence),
     ``lookups`` a LookupRunner, ``backend_url`` the base for relative look-up URLs."""
@@ -148,11 +187,17 @@ class CallDriver:
         bind_call(session_id=turn.state["session_id"])
         info = SessionInfo(turn.state["session_id"], flow, face.channel, context.get("caller"))
         if self.store is not None:
-            await self.store.create_session(
-                session_id=info.id, flow_id=flow.id, flow_version=flow.version, channel=face.channel,
-                caller=context.get("caller"), dialed=context.get("dialed"), uniqueid=context.get("uniqueid"),
-                language=turn.state["lang"], variables=public_state(turn.state)["vars"],
-            )
+            try:
+                await _to_the_end(self.store.create_session(
+                    session_id=info.id, flow_id=flow.id, flow_version=flow.version, channel=face.channel,
+                    caller=context.get("caller"), dialed=context.get("dialed"), uniqueid=context.get("uniqueid"),
+                    language=turn.state["lang"], variables=public_state(turn.state)["vars"],
+                ))
+            except asyncio.CancelledError:  # the server stopping: the session exists, so end it
+                _uncancel()
+                self._record(info, turn, face.channel)
+                self._stopped(face, info, turn)
+                return await self._end(face, info, turn)
         self._record(info, turn, face.channel)
         return await self.drive(face, info, turn)
 
@@ -181,28 +226,60 @@ class CallDriver:
                         await face.present(turn.prompts)
                 except CallerGone:
                     pass
+        except asyncio.CancelledError:
+            _uncancel()
+            self._stopped(face, info, turn)
+        except FaceBroken as exc:
+            log.warning("session %s: %s link lost at node %s: %s", info.id, face.channel, turn.state.get("node"), exc)
+            self._fail(face, info, turn, "face", str(exc))
         except Exception as exc:  # the server survives any one call's failure
             log.exception("session %s failed at node %s", info.id, turn.state.get("node"))
-            err = Event("error", turn.state.get("node"), {"where": "driver", "message": f"{type(exc).__name__}: {exc}"})
-            info.events.append({**err.to_dict(), "channel": face.channel})
-            if self.store is not None:
-                self.store.append(info.id, [err], face.channel)
-            turn.state["status"] = "ended"
-            turn.state["outcome"] = "error"
+            self._fail(face, info, turn, "driver", f"{type(exc).__name__}: {exc}")
+        return await self._end(face, info, turn)
+
+    async def _end(self, face: Face, info: SessionInfo, turn: Turn) -> CallResult:
+        """Finish the face and write the end of the session, to the end even
+        when the server stops meanwhile: a trail is never left half-written."""
         outcome = turn.state.get("outcome") or "error"
         try:
-            await face.finish(outcome, info)
+            await _to_the_end(face.finish(outcome, info), absorb=True)
         except Exception:
             log.exception("session %s: face failed to finish", info.id)
         metrics.SESSIONS.labels(channel=face.channel, outcome=outcome).inc()
         summary = build_summary(info.events)
         state = public_state(turn.state)
         if self.store is not None:
-            await self.store.save_state(info.id, state, variables=state["vars"], language=state["lang"])
-            await self.store.end_session(info.id, outcome=outcome, node=state.get("node"), summary=summary,
-                                         reason=state.get("reason"))
+            await _to_the_end(self.store.save_state(info.id, state, variables=state["vars"], language=state["lang"]),
+                              absorb=True)
+            await _to_the_end(self.store.end_session(info.id, outcome=outcome, node=state.get("node"),
+                                                     summary=summary, reason=state.get("reason")), absorb=True)
         return CallResult(info.id, outcome, state.get("node"), state["vars"], summary, state.get("reason"),
                           info.events)
+
+    def _stopped(self, face: Face, info: SessionInfo, turn: Turn) -> None:
+        """The server is stopping and its grace is over: the session ends
+        ``error`` (reason: the server stopped), so the face hands the caller to
+        the safe destination (the dialplan's fallback) instead of cutting the call."""
+        log.warning("session %s: server stopping, call handed back at node %s", info.id, turn.state.get("node"))
+        self._fail(face, info, turn, "shutdown", "server stopped before the call ended")
+
+    def _fail(self, face: Face, info: SessionInfo, turn: Turn, where: str, message: str) -> None:
+        """End a session that broke: an ``error`` event, then ``session_end``
+        (outcome ``error``) so the trail is complete; a lost link is the reason."""
+        if turn.ended:  # failed presenting the last prompts: the session ended as the flow said
+            return
+        node = turn.state.get("node")
+        if where != "driver":  # the link or the server, not the flow: that is why it ended
+            turn.state["reason"] = message[:200]
+        events = [Event("error", node, {"where": where, "message": message}),
+                  Event("session_end", node, {"outcome": "error", "reason": turn.state.get("reason")})]
+        dicts = [{**e.to_dict(), "channel": face.channel} for e in events]
+        info.events.extend(dicts)
+        log_trail_events(dicts, face.channel)
+        if self.store is not None:
+            self.store.append(info.id, events, face.channel)
+        turn.state["status"] = "ended"
+        turn.state["outcome"] = "error"
 
     async def _next_input(self, face: Face, info: SessionInfo, turn: Turn) -> "Input | Handover":
         if turn.expect is not None:

@@ -125,6 +125,8 @@ class AgiChannel:
         self._eof = False
         self._closed = False
         self._broken: str | None = None
+        #: Replies still to come for commands whose wait was cancelled.
+        self._owed = 0
         #: Commands written so far.
         self.commands_sent = 0
         #: Seconds from writing each command to its complete reply (last 1000).
@@ -218,6 +220,12 @@ class AgiChannel:
         return self._closed
 
     @property
+    def owed_replies(self) -> int:
+        """Replies still to come for commands whose wait was cancelled (the
+        next command drops them before reading its own)."""
+        return self._owed
+
+    @property
     def uniqueid(self) -> str | None:
         return self.env.get("agi_uniqueid")
 
@@ -265,10 +273,20 @@ class AgiChannel:
                 self._eof = True
                 self._mark_hangup(HANGUP_EOF)
                 raise AgiHangup(HANGUP_EOF) from None
+            except asyncio.CancelledError:
+                self._broken = f"cancelled while writing {line[:60]!r}"
+                raise
             self.commands_sent += 1
             self.last_command = line
             try:
                 async with asyncio.timeout(limit):
+                    # Asterisk answers in order: first the replies of commands
+                    # whose wait was cancelled (dropped), then this one's.
+                    while self._owed:
+                        late = await self._read_reply()
+                        self._owed -= 1
+                        if late.saw_hangup:
+                            self._mark_hangup(HANGUP_LINE)
                     framer = await self._read_reply()
             except TimeoutError:
                 self._broken = f"no reply to {line[:60]!r} within {limit} s"
@@ -277,7 +295,9 @@ class AgiChannel:
                 self._broken = str(exc)
                 raise
             except asyncio.CancelledError:
-                self._broken = f"cancelled while waiting for the reply to {line[:60]!r}"
+                # the command stays written: its reply comes later, and the
+                # next command drops it before reading its own
+                self._owed += 1
                 raise
             self.turnarounds.append(time.perf_counter() - started)
         if framer.saw_hangup:
@@ -427,9 +447,9 @@ class AgiChannel:
         digit = self._key(value, result) if value > 0 else None
         return RecordResult(digit, endpos, result.data)
 
-    async def set_variable(self, name: str, value: str) -> None:
+    async def set_variable(self, name: str, value: str, *, timeout: Timeout = _DEFAULT) -> None:
         """``SET VARIABLE name "value"``; tried even on a dead channel (Asterisk runs it)."""
-        await self.command("SET VARIABLE", check_name(name), quote(value))
+        await self.command("SET VARIABLE", check_name(name), quote(value), timeout=timeout)
 
     async def get_variable(self, name: str) -> str | None:
         """``GET VARIABLE``: the value, or None when unset. Works on a dead channel."""
@@ -450,6 +470,8 @@ class AgiChannel:
         ``-2``: no such application. ``-1``: the application ended the call
         (``Queue`` when the bridged call ends): the channel is marked hung up
         and -1 returned, since that is often the normal end of a transfer.
+        A ``HANGUP`` line before the reply means the channel was gone before
+        the application ran: :class:`AgiHangup`, unless ``allow_dead``.
         Waits without limit unless ``timeout`` is given. Application arguments
         are parsed by the application (commas split them): keep caller data out.
         """
@@ -458,6 +480,10 @@ class AgiChannel:
         check_name(app)
         args_out: tuple[str, ...] = (token(args),) if args else ()
         result = await self.command("EXEC", app, *args_out, timeout=timeout)
+        if result.hangup_notice and not allow_dead:
+            # the channel was dead before the application started: it did
+            # nothing (Queue never rang anyone), the caller had hung up
+            raise AgiHangup(HANGUP_LINE, raw=result.raw, result=result)
         value = self._int(result)
         if value == -1:
             self._mark_hangup(HANGUP_RESULT)

@@ -12,6 +12,10 @@ from ivr.agi.protocol import AgiError, AgiHangup
 
 log = logging.getLogger("ivr.agi")
 
+#: Seconds calls cancelled at the end of the shutdown grace get to hand the
+#: caller back (set IVR_RESULT) and write the end of their trail.
+HANDBACK_WAIT = 10.0
+
 CallHandler = Callable[[AgiChannel], Awaitable[None]]
 
 
@@ -76,15 +80,31 @@ class FastAgiServer:
             log.debug("call ended after %.1f s", time.monotonic() - started)
 
     async def stop(self, grace: float = 30.0) -> None:
-        """Stop accepting; let calls in progress finish for ``grace`` seconds; then cancel them."""
+        """Stop accepting (new connections are refused); let calls in progress
+        finish for ``grace`` seconds; then hand the rest back.
+
+        A call still running after the grace is cancelled: its session ends
+        ``error`` with reason ``shutdown`` (trail complete) and the voice face
+        sets ``IVR_RESULT=error``, which sends the caller to the dialplan's
+        fallback (a person) instead of cutting the call.
+        """
         self.accepting = False
         if self._server is not None:
+            # close() stops listening at once; wait_closed() (which on Python
+            # 3.12+ also waits for every connection) only after the calls
             self._server.close()
-            await self._server.wait_closed()
         if self._calls:
             log.info("waiting up to %.0f s for %d calls to finish", grace, len(self._calls))
             done, pending = await asyncio.wait(set(self._calls), timeout=grace)
+            if pending:
+                log.warning("%d calls still running after %.0f s: handing them back to the dialplan", len(pending), grace)
             for task in pending:
                 task.cancel()
             if pending:
-                await asyncio.wait(pending, timeout=5)
+                await asyncio.wait(pending, timeout=HANDBACK_WAIT)
+        if self._server is not None:
+            try:
+                async with asyncio.timeout(HANDBACK_WAIT):
+                    await self._server.wait_closed()
+            except TimeoutError:
+                pass

@@ -14,14 +14,17 @@ from urllib.parse import parse_qsl
 
 from ivr import names
 from ivr.agi.channel import AgiChannel
-from ivr.agi.protocol import AgiError, AgiFileMissing, AgiHangup, token
+from ivr.agi.protocol import AgiCommandTimeout, AgiError, AgiFileMissing, AgiHangup, AgiProtocolError, token
 from ivr.engine import Expect, Input, Listen, PromptOut
 from ivr.hearing import LINK_FAILURES, Heard, SpeechPort, SpeechTurn, with_speech
-from ivr.session import CallerGone, SessionInfo
+from ivr.session import CallerGone, FaceBroken, SessionInfo
 
 log = logging.getLogger("ivr.voice")
 
 DIGIT_KEYS = "0123456789*#"
+#: Seconds to wait for the reply to IVR_RESULT when handing a call back after
+#: a cancelled command (the server stopping past its grace).
+HANDBACK_TIMEOUT = 5.0
 
 # Given a prompt, the name STREAM FILE plays (relative to Asterisk's sounds dir
 # or absolute, without extension). Prompt audio (rendered ahead of time or on a
@@ -80,8 +83,13 @@ class VoiceFace:
 
     def __init__(self, chan: AgiChannel, *, sounds_prefix: str = names.SOUNDS_SUBDIR,
                  prompt_files: PromptFiles | None = None, on_missing: MissingPrompt | None = None,
-                 speech: SpeechPort | None = None, record_dir: str | None = None):
+                 speech: SpeechPort | None = None, record_dir: str | None = None,
+                 exec_timeout: float | None = None):
         self.chan = chan
+        # Queue() and Dial() last as long as the conversation with the agent:
+        # past this many seconds without a reply, Asterisk counts as gone
+        # (None: wait without limit).
+        self.exec_timeout = exec_timeout
         self.sounds_prefix = sounds_prefix
         self._prompt_files = prompt_files
         self._on_missing = on_missing
@@ -116,12 +124,18 @@ class VoiceFace:
     def _gone(self, exc: AgiHangup) -> CallerGone:
         return CallerGone("moved" if self.moved else "caller")
 
+    def _broken(self, exc: AgiError) -> FaceBroken:
+        """Asterisk (or what claims to be it) sent garbage or stopped answering."""
+        return FaceBroken(f"AGI {type(exc).__name__}: {exc}")
+
     async def present(self, prompts: list[PromptOut]) -> None:
         try:
             for p in prompts:
                 await self._play(p, "")
         except AgiHangup as exc:
             raise self._gone(exc) from None
+        except (AgiCommandTimeout, AgiProtocolError) as exc:
+            raise self._broken(exc) from None
 
     async def collect(self, prompts: list[PromptOut], expect: Expect) -> Input:
         try:
@@ -132,6 +146,8 @@ class VoiceFace:
             return await self._collect_digits(prompts, expect)
         except AgiHangup as exc:
             raise self._gone(exc) from None
+        except (AgiCommandTimeout, AgiProtocolError) as exc:
+            raise self._broken(exc) from None
 
     async def _collect_choice(self, prompts: list[PromptOut], expect: Expect) -> Input:
         escape = expect.keys
@@ -331,13 +347,16 @@ class VoiceFace:
             if not params.get("extension"):
                 raise ValueError("transfer without a queue or an extension")
             target = _dialplan_word(params["extension"], allow="/@-_.")
-            result = await chan.exec("Dial", f"{target},{int(params.get('timeout') or 60)}")
+            result = await chan.exec("Dial", f"{target},{int(params.get('timeout') or 60)}",
+                                     timeout=self.exec_timeout)
             if result == -1 or chan.hung_up:
                 return {"status": "ended", "extension": target}
             dialstatus = await chan.get_variable(names.VAR_DIALSTATUS) or ""
             return {"status": "continue" if dialstatus == "ANSWER" else "failed", "dialstatus": dialstatus}
         except AgiHangup as exc:
             raise self._gone(exc) from None
+        except (AgiCommandTimeout, AgiProtocolError) as exc:
+            raise self._broken(exc) from None
         finally:
             if handoff is not None:
                 handoff.transfer_ended(session.id)
@@ -372,7 +391,8 @@ class VoiceFace:
                         return {"status": "callback", "queue": queue, "key": key, "when": "announcement",
                                 "position": info.get("position")}
         # option c: when the agent hangs up, the call comes back to us
-        result = await chan.exec("Queue", f"{queue},c,,,{int(params.get('timeout') or 300)}")
+        result = await chan.exec("Queue", f"{queue},c,,,{int(params.get('timeout') or 300)}",
+                                 timeout=self.exec_timeout)
         if result == -1 or chan.hung_up:
             return {"status": "ended", "queue": queue}
         status = await chan.get_variable(names.VAR_QUEUESTATUS) or ""
@@ -391,7 +411,11 @@ class VoiceFace:
         chan = self.chan
         try:
             if not chan.hung_up and not chan.closed:
-                await chan.set_variable(names.VAR_RESULT, outcome)
+                # after a cancelled command (the server stopping) the reply
+                # it owes comes first; Asterisk reads ours once that command
+                # ends, so wait briefly and do not hold the shutdown up
+                limit = HANDBACK_TIMEOUT if chan.owed_replies else None
+                await chan.set_variable(names.VAR_RESULT, outcome, **({"timeout": limit} if limit else {}))
                 if outcome not in ("error",):
                     await chan.hangup()
         except AgiError:

@@ -35,13 +35,15 @@ import inspect
 import itertools
 import json
 import re
+import socket
+import struct
 import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from ivr.agi.protocol import DEAD_CHANNEL_VERBS, DTMF_KEYS, HANGUP_LINE
 from ivr.names import DEFAULT_AGI_PORT
@@ -55,6 +57,7 @@ __all__ = [
     "FakeAsterisk",
     "FakeCallResult",
     "InputRequest",
+    "PeerFault",
     "ReplayMismatch",
     "ScriptedCaller",
     "build_env",
@@ -243,6 +246,23 @@ class AppOutcome:
     variables: Mapping[str, str] = field(default_factory=dict)
     hangup: bool = False
     hangup_notice: bool = True
+
+
+@dataclass(frozen=True)
+class PeerFault:
+    """A misbehaving Asterisk, for fault tests.
+
+    Instead of answering command number ``at`` (1-based), the fake writes
+    ``send`` (raw bytes, may be empty: garbage, a partial line ...) and then:
+    ``"reset"`` aborts the connection with SO_LINGER 0 (the server sees a TCP
+    RST), ``"close"`` closes it cleanly (EOF), ``"silent"`` keeps it open and
+    answers nothing more until the server closes it (or ``idle_timeout``),
+    ``"go on"`` carries on answering the next commands as usual.
+    """
+
+    at: int
+    send: bytes = b""
+    then: Literal["reset", "close", "silent", "go on"] = "silent"
 
 
 AppHandler = AppOutcome | Callable[[str], AppOutcome | Awaitable[AppOutcome]]
@@ -493,7 +513,9 @@ class FakeAsterisk:
     name; ``variables`` presets channel variables. ``hangup_after=N``: the
     caller hangs up during the Nth command. ``command_delay`` and
     ``prompt_delay`` (seconds) pace replies in real time; both 0 (the default)
-    is the zero-delay mode for benchmarks.
+    is the zero-delay mode for benchmarks. Fault tests: ``fault`` (a
+    :class:`PeerFault`) misbehaves at one command; ``raw_env`` is sent instead
+    of the environment block (garbage, no blank line ...).
     """
 
     def __init__(
@@ -522,6 +544,8 @@ class FakeAsterisk:
         idle_timeout: float = 5.0,
         connect_timeout: float = 5.0,
         on_exchange: Callable[[str, list[str]], None] | None = None,
+        fault: PeerFault | None = None,
+        raw_env: bytes | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -549,6 +573,8 @@ class FakeAsterisk:
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
         self.on_exchange = on_exchange
+        self.fault = fault
+        self.raw_env = raw_env
         self._callerid = callerid
         self._calleridname = calleridname
         self._answered = answered
@@ -613,7 +639,7 @@ class FakeAsterisk:
         self._reader, self._writer = reader, writer
         try:
             block = "".join(f"{line}\n" for line in self.env_lines) + "\n"
-            await self._write(block.encode("utf-8"))
+            await self._write(block.encode("utf-8") if self.raw_env is None else self.raw_env)
             if self._capture is not None:
                 await self._replay_loop(self._capture)
             else:
@@ -700,11 +726,46 @@ class FakeAsterisk:
             if raw is None:
                 return
             line = self._record_command(raw)
+            fault = self.fault
+            if fault is not None and len(self._result.commands) == fault.at:
+                if fault.then != "go on":
+                    await self._misbehave(fault)
+                    return
+                self._count += 1  # the command counts as handled
+                if not await self._write(fault.send):
+                    return
+                continue
             reply = await self._handle(line)
             if not await self._send_reply(line, reply):
                 self._result.server_closed = True
                 self._result.close_delay = time.perf_counter() - self._last_write
                 return
+
+    async def _misbehave(self, fault: PeerFault) -> None:
+        """Carry out ``fault`` instead of answering (see :class:`PeerFault`)."""
+        assert self._writer is not None and self._reader is not None
+        if fault.send:
+            await self._write(fault.send)
+        if fault.then == "reset":
+            sock = self._writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self._writer.transport.abort()
+            return
+        if fault.then == "close":
+            return  # run_over closes the socket
+        # silent: read (and drop) whatever comes until the server closes
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                while await self._reader.read(65536):
+                    pass
+        except TimeoutError:
+            self._result.idle_timed_out = True
+            return
+        except (ConnectionError, OSError):
+            pass
+        self._result.server_closed = True
+        self._result.close_delay = time.perf_counter() - self._last_write
 
     async def _replay_loop(self, capture: Mapping[str, Any]) -> None:
         exchanges: Sequence[Mapping[str, Any]] = capture["exchanges"]

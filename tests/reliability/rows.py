@@ -44,13 +44,15 @@ row("agi.reset-mid-command", "Faults: FastAGI",
     "session ends `hangup`, trail complete, no traceback, no task or socket left")
 row("agi.silent-peer", "Faults: FastAGI",
     "Peer stops answering (command timeout)",
-    "call ends within the command timeout, trail complete, socket closed")
+    "call ends `error` with the reason within the command's limit (`command_timeout` plus its own wait for "
+    "keys; `agi_exec_timeout` for Queue/Dial), trail complete, socket closed")
 row("agi.garbage-peer", "Faults: FastAGI",
     "Peer sends garbage (environment or replies)",
     "typed protocol error, session ends cleanly, server keeps serving")
 row("agi.sigterm-under-load", "Faults: FastAGI",
     "`ivr serve` receives SIGTERM under load",
-    "calls in progress finish or go to a safe destination; every trail complete")
+    "calls in progress finish, or past `shutdown_grace` go to the dialplan's fallback (`IVR_RESULT=error`); "
+    "calls after SIGTERM refused; every trail complete; exit 0")
 
 # --- Faults: AMI -----------------------------------------------------------
 row("ami.drop-during-originate", "Faults: AMI",
