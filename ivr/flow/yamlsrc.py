@@ -18,7 +18,7 @@ import yaml
 
 MAX_BYTES = 2 * 1024 * 1024
 MAX_DEPTH = 48
-MAX_VALUES = 200_000
+MAX_VALUES = 50_000  # the demo flow has about 700
 
 Path = tuple[Any, ...]
 

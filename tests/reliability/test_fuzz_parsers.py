@@ -58,7 +58,7 @@ from ivr.ami.protocol import AmiProtocol, parse_message, parse_stream
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "asterisk"
 
 # Examples per property; three to four properties per parser: ~10k per parser.
-N = 2000
+N = 1700
 
 FUZZ = settings(max_examples=N, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
@@ -390,7 +390,7 @@ def test_ami_stream_fuzz(rel):
     count = [0]
     seeds = AMI_CAPTURES + [b"\r\n\r\n".join(AMI_BLOCKS[i:i + 5]) + b"\r\n\r\n" for i in range(0, len(AMI_BLOCKS), 5)]
 
-    @fuzz(2700)
+    @fuzz(2300)
     @given(st.data())
     def prop(data):
         count[0] += 1
@@ -428,7 +428,7 @@ def test_ami_block_fuzz(rel):
     count = [0]
     texts = [b.decode("utf-8", "replace") for b in AMI_BLOCKS]
 
-    @fuzz(2700)
+    @fuzz(2300)
     @given(st.data())
     def prop(data):
         count[0] += 1
@@ -462,7 +462,7 @@ _HEADER_VALUE = st.text(st.characters(blacklist_categories=("Cs",), blacklist_ch
 def test_ami_valid_round_trip(rel):
     count = [0]
 
-    @fuzz(2700)
+    @fuzz(2300)
     @given(first=st.sampled_from([("Event", "Newchannel"), ("Event", "VarSet"), ("Response", "Success"),
                                   ("Response", "Error"), ("Event", "中文")]),
            action_id=st.one_of(st.none(), st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12)),
@@ -533,7 +533,7 @@ def _outcome(fn):
 def test_audiosocket_frame_fuzz(rel, runner):
     count = [0]
 
-    @fuzz(4000)
+    @fuzz(3400)
     @given(st.data())
     def prop(data):
         count[0] += 1
@@ -584,7 +584,7 @@ def test_audiosocket_valid_round_trip(rel, runner):
         st.builds(lambda p: Frame(Kind.ERROR, p), st.binary(max_size=8)),
     )
 
-    @fuzz(4000)
+    @fuzz(3400)
     @given(frames=st.lists(frame, max_size=8), hangup=st.booleans(), data=st.data())
     def prop(frames, hangup, data):
         count[0] += 1
