@@ -68,11 +68,11 @@ def _validate(p: argparse.ArgumentParser):
 
 def _flow_id_of(path: Path) -> str | None:
     """The ``id:`` of a flow file, for checking subflow references (None if unreadable)."""
-    import yaml
+    from ivr.flow.yamlsrc import YamlError, load, read_file
 
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    try:  # the loader's bounds: a hostile sibling must not sink the others
+        data = load(read_file(path)).data
+    except (OSError, YamlError):
         return None
     value = data.get("id") if isinstance(data, dict) else None
     return value if isinstance(value, str) else None

@@ -51,6 +51,7 @@ __all__ = [
     "build_command",
     "check_digits",
     "check_name",
+    "clip",
     "encode_command",
     "parse_env",
     "parse_reply",
@@ -425,6 +426,22 @@ def quote(arg: str) -> str:
     """
     text = sanitize(arg)
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def clip(text: str, max_bytes: int) -> str:
+    """The longest prefix of ``sanitize(text)`` whose ``quote()`` form takes at
+    most ``max_bytes`` bytes of UTF-8.
+
+    For data of any length (a look-up result, a caller's name) that must fit
+    in one command line: cut, not refused, so the command still goes out.
+    """
+    clean = sanitize(text)
+    budget = max_bytes - 2  # the quotes
+    for index, char in enumerate(clean):
+        budget -= 2 if char in '\\"' else len(char.encode("utf-8"))
+        if budget < 0:
+            return clean[:index]
+    return clean
 
 
 def token(arg: str) -> str:

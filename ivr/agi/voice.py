@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl
 
 from ivr import names
 from ivr.agi.channel import AgiChannel
-from ivr.agi.protocol import AgiCommandTimeout, AgiError, AgiFileMissing, AgiHangup, AgiProtocolError, token
+from ivr.agi.protocol import AgiCommandTimeout, AgiError, AgiFileMissing, AgiHangup, AgiProtocolError, clip, token
 from ivr.engine import Expect, Input, Listen, PromptOut
 from ivr.hearing import LINK_FAILURES, Heard, SpeechPort, SpeechTurn, with_speech
 from ivr.session import CallerGone, FaceBroken, SessionInfo
@@ -339,9 +339,10 @@ class VoiceFace:
             handoff.transfer_started(session.id, params)
         try:
             await chan.set_variable(inherit + names.VAR_SESSION, session.id)
-            await chan.set_variable(inherit + names.VAR_SUMMARY, str(params.get("summary") or "")[:500])
-            await chan.set_variable(inherit + names.VAR_LANGUAGE, str(params.get("language") or ""))
-            await chan.set_variable(inherit + names.VAR_REASON, str(params.get("reason") or "")[:200])
+            # Cut to fit one command line whatever the text (4-byte characters, quotes to escape).
+            await chan.set_variable(inherit + names.VAR_SUMMARY, clip(str(params.get("summary") or "")[:500], 1200))
+            await chan.set_variable(inherit + names.VAR_LANGUAGE, clip(str(params.get("language") or ""), 64))
+            await chan.set_variable(inherit + names.VAR_REASON, clip(str(params.get("reason") or "")[:200], 600))
             if params.get("queue"):
                 return await self._queue(params, session)
             if not params.get("extension"):
@@ -424,10 +425,16 @@ class VoiceFace:
             await chan.close()
 
 
+#: Longest queue name or dial string passed on (Asterisk's own names are far shorter).
+MAX_DIALPLAN_WORD = 128
+
+
 def _dialplan_word(value: str, allow: str = "-_.") -> str:
     """Queue names and dial strings go into application arguments, where ',' '|'
-    and spaces would split or inject arguments: allow a strict alphabet only."""
-    cleaned = "".join(ch for ch in str(value) if ch.isalnum() or ch in allow)
+    and spaces would split or inject arguments: allow a strict ASCII alphabet
+    only, and a bounded length (a look-up may return anything)."""
+    cleaned = "".join(ch for ch in str(value) if (ch.isascii() and ch.isalnum()) or ch in allow)
+    cleaned = cleaned[:MAX_DIALPLAN_WORD]
     if not cleaned:
         raise ValueError(f"{value!r} is not a usable queue or dial target")
     return cleaned

@@ -11,6 +11,9 @@ Callers branch on the type, never on message text:
   link is still up.
 - :class:`AmiActionError`: Asterisk answered ``Response: Error`` (or another
   failure); ``message`` carries its ``Message:`` header.
+- :class:`AmiProtocolError`: what the peer sent is not AMI (a block without
+  ``Event``/``Response``, a repeated ``ActionID``, a message that never ends).
+  The link skips such a block; a message that never ends closes the link.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 class AmiError(Exception):
     """Base class of every error raised by :mod:`ivr.ami`."""
+
+
+class AmiProtocolError(AmiError):
+    """The peer sent something that is not a well-formed AMI message."""
 
 
 class AmiDisconnected(AmiError):

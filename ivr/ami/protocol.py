@@ -47,7 +47,7 @@ import inspect
 import logging
 import re
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -55,7 +55,7 @@ from typing import Any, Union
 from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.manager import Manager
 
-from .errors import AmiDisconnected
+from .errors import AmiDisconnected, AmiProtocolError
 from .wire import BANNER_PREFIX, EOL, AmiAction, AmiMessage
 
 log = logging.getLogger("ivr.ami")
@@ -65,6 +65,24 @@ EventCallback = Callable[[AmiMessage], Union[None, Awaitable[None]]]
 
 # A message that never ends (no empty line) is not AMI; give up on the link.
 MAX_BUFFERED_CHARS = 4 * 1024 * 1024
+
+#: Headers that identify a message: a second copy makes the message ambiguous
+#: (which action does it answer?), so such a block is refused.
+_SINGLE_HEADERS = ("Event", "Response", "ActionID", "CommandID")
+
+
+def parse_message(block: str) -> AmiMessage:
+    """Parse one message (the text between two empty lines) or raise
+    :class:`AmiProtocolError`: a block without ``Event``/``Response``, or one
+    that repeats a header naming the message (``ActionID`` twice would make
+    the action it answers a guess)."""
+    message = AmiMessage.from_line(block)
+    if message is None:
+        raise AmiProtocolError(f"not an AMI message: {block[:80]!r}")
+    for name in _SINGLE_HEADERS:
+        if isinstance(message.get(name), list):
+            raise AmiProtocolError(f"AMI message repeats its {name} header: {block[:80]!r}")
+    return message
 
 
 @dataclass(frozen=True)
@@ -177,6 +195,8 @@ class AmiProtocol(AMIProtocol):
         self._tap = tap
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._buffer = ""
+        #: Blocks refused since the link opened (each one logged and skipped).
+        self.errors: list[AmiProtocolError] = []
 
     # -- asyncio.Protocol -------------------------------------------------
 
@@ -187,27 +207,38 @@ class AmiProtocol(AMIProtocol):
         self.lost = asyncio.get_running_loop().create_future()
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
         text = self._buffer + self._decoder.decode(data)
         if self.version is None:
             text = self._take_banner(text)
             if self.version is None:
                 self._buffer = text
+                self._check_buffer()
                 return
         *blocks, self._buffer = text.split(EOL + EOL)
         for block in blocks:
             block = block.strip(EOL)  # keep trailing spaces: "Value: " is a header
             if not block:
                 continue
-            message = AmiMessage.from_line(block)
-            if message is None:
-                self.log.debug("ignoring non-AMI block %r", block[:200])
+            try:
+                message = parse_message(block)
+            except AmiProtocolError as exc:
+                self.errors.append(exc)
+                self.log.warning("ignoring a malformed AMI block: %s", exc)
                 continue
             self.handle_message(message)
+            if self.closed:  # a Shutdown event
+                return
+        self._check_buffer()
+
+    def _check_buffer(self) -> None:
         if len(self._buffer) > MAX_BUFFERED_CHARS:
-            self.log.error("AMI peer sent %d characters without a message end; closing",
-                           len(self._buffer))
+            error = AmiProtocolError(f"AMI peer sent {len(self._buffer)} characters without a message end")
+            self.errors.append(error)
+            self.log.error("%s; closing", error)
             self._buffer = ""
-            self.close()
+            self._terminate("AMI link closed (protocol error)", error)
 
     def _take_banner(self, text: str) -> str:
         """Consume ``Asterisk Call Manager/<version>`` if it starts the stream."""
@@ -294,18 +325,30 @@ class AmiProtocol(AMIProtocol):
             self.factory.connection_lost(exc)
 
 
-def parse_stream(data: bytes, *, chunk_size: int | None = None) -> list[AmiMessage]:
+def parse_stream(data: bytes, *, chunk_size: int | None = None, chunks: Iterable[bytes] | None = None,
+                 strict: bool = False) -> list[AmiMessage]:
     """Parse raw bytes as Asterisk sends them, with the client's own protocol.
 
     Returns every message (responses and events) in order; the banner is
     consumed. ``chunk_size`` feeds the bytes in pieces of that size, as TCP
-    may deliver them.
+    may deliver them; ``chunks`` gives the pieces themselves (they must add
+    up to ``data``). Like the live link, malformed blocks are skipped; with
+    ``strict`` the first one raises :class:`AmiProtocolError`, and so does a
+    stream that ends inside a message.
     """
     messages: list[AmiMessage] = []
     protocol = AmiProtocol(tap=messages.append)
-    step = chunk_size or max(len(data), 1)
-    for start in range(0, len(data), step):
-        protocol.data_received(data[start:start + step])
+    if chunks is None:
+        step = chunk_size or max(len(data), 1)
+        chunks = (data[start:start + step] for start in range(0, len(data), step))
+    for chunk in chunks:
+        protocol.data_received(chunk)
+    if strict:
+        if protocol.errors:
+            raise protocol.errors[0]
+        rest = protocol._buffer + protocol._decoder.decode(b"", final=True)
+        if rest.strip(EOL) and not protocol.closed:
+            raise AmiProtocolError(f"stream ended inside a message: {rest[:80]!r}")
     return messages
 
 

@@ -10,7 +10,6 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -19,7 +18,7 @@ import ivr.flow.nodes  # noqa: F401  (registers the built-in node types)
 import ivr.flow.speech_nodes  # noqa: F401  (registers ask and record)
 from ivr.flow import expr
 from ivr.flow.model import ID_RE, LANG_RE, NODE_TYPES, Flow, Node, PromptDef, Settings, Text
-from ivr.flow.yamlsrc import Pos, Source, YamlError
+from ivr.flow.yamlsrc import Pos, Source, YamlError, read_file
 from ivr.flow.yamlsrc import load as load_yaml
 
 SPECIAL_TARGETS = {"repeat", "back"}
@@ -109,11 +108,12 @@ class _Collector:
 
 def load_flow(path: str | os.PathLike[str], *, known_flows: Callable[[str], bool] | None = None) -> Flow:
     """Load and validate ``path``; raise :class:`FlowLoadError` listing every problem."""
-    p = Path(path)
     try:
-        data = p.read_bytes()
+        data = read_file(path)
     except OSError as exc:
         raise FlowLoadError([Problem(str(path), 1, 1, f"cannot read file: {exc.strerror}")]) from None
+    except YamlError as exc:
+        raise FlowLoadError([Problem(str(path), exc.pos.line, exc.pos.col, exc.message)]) from None
     return load_flow_text(data, str(path), known_flows=known_flows)
 
 

@@ -9,6 +9,8 @@ position. Hostile input is bounded: file size, nesting depth, number of values
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +18,7 @@ import yaml
 
 MAX_BYTES = 2 * 1024 * 1024
 MAX_DEPTH = 48
-MAX_VALUES = 200_000
+MAX_VALUES = 50_000  # the demo flow has about 700
 
 Path = tuple[Any, ...]
 
@@ -59,8 +61,49 @@ class _Loader(yaml.SafeLoader):
     """SafeLoader: no Python object tags, ever."""
 
 
+_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
+         (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
+
+
+def _wide_encoding(data: bytes) -> str | None:
+    """``UTF-16``/``UTF-32`` when ``data`` is in one of them (BOM, or NUL in every other byte)."""
+    for bom, name in _BOMS:
+        if data.startswith(bom):
+            return name
+    head = data[:512]
+    if len(head) >= 4 and (head[0::2].count(0) > len(head) // 4 or head[1::2].count(0) > len(head) // 4):
+        return "UTF-16 (no byte order mark)"
+    return None
+
+
+#: Tags a flow file may carry (explicitly or, as YAML resolves plain values, implicitly).
+_SAFE_TAGS = frozenset("tag:yaml.org,2002:" + name for name in
+                       ("map", "seq", "str", "int", "float", "bool", "null", "timestamp", "merge", "value"))
+
+
+def _check_tag(node: yaml.Node) -> None:
+    if node.tag not in _SAFE_TAGS:
+        shown = node.tag.replace("tag:yaml.org,2002:", "!!", 1)
+        raise YamlError(f"YAML tag '{shown}' is not allowed in a flow file", _pos(node))
+
+
 def _pos(node: yaml.Node) -> Pos:
     return Pos(node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def read_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a flow file, reading no more than :data:`MAX_BYTES` (+1 to tell).
+
+    Raises :class:`OSError` when it cannot be read and :class:`YamlError` when
+    it is larger than the bound, before anything big is in memory.
+    """
+    if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or a device would block or never end
+        raise YamlError("not a regular file", Pos(1, 1))
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise YamlError(f"file is larger than {MAX_BYTES // 1024} KiB", Pos(1, 1))
+    return data
 
 
 def load(text: str | bytes) -> Source:
@@ -68,13 +111,18 @@ def load(text: str | bytes) -> Source:
     if isinstance(text, bytes):
         if len(text) > MAX_BYTES:
             raise YamlError(f"file is larger than {MAX_BYTES // 1024} KiB", Pos(1, 1))
+        if (encoding := _wide_encoding(text)) is not None:
+            raise YamlError(f"file is {encoding}, not UTF-8: save it as UTF-8", Pos(1, 1))
         if b"\x00" in text:
-            raise YamlError("file contains NUL bytes: not a text file", Pos(1, 1))
+            line = text[: text.index(b"\x00")].count(b"\n") + 1
+            raise YamlError("file contains NUL bytes: not a text file", Pos(line, 1))
         try:
             text = text.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             line = text[: exc.start].count(b"\n") + 1
-            raise YamlError(f"file is not valid UTF-8 (byte {exc.start})", Pos(line, 1)) from None
+            col = exc.start - (text.rfind(b"\n", 0, exc.start) + 1) + 1
+            raise YamlError(f"file is not valid UTF-8 (byte {exc.start}, 0x{text[exc.start]:02x}): "
+                            "save it as UTF-8", Pos(line, col)) from None
     elif len(text) > MAX_BYTES:
         raise YamlError(f"file is larger than {MAX_BYTES // 1024} KiB", Pos(1, 1))
     loader = _Loader(text)
@@ -111,6 +159,7 @@ def _walk(loader: _Loader, node: yaml.Node, path: Path, src: Source, depth: int,
         raise YamlError(f"too many values (over {MAX_VALUES}; an alias bomb?)", _pos(node))
     if depth > MAX_DEPTH:
         raise YamlError(f"nesting deeper than {MAX_DEPTH} levels", _pos(node))
+    _check_tag(node)
     src.values.setdefault(path, _pos(node))
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)

@@ -113,22 +113,34 @@ row("sms.gateway-slow", "Faults: SMS",
 
 # --- Hostile input: parsers ------------------------------------------------
 row("fuzz.agi-reply", "Hostile input: parsers",
-    "Generated AGI replies and environments (hypothesis)",
-    "no crash; every bad input a typed error")
+    "Generated AGI replies and environments (hypothesis): mutated capture lines, random and invalid UTF-8 "
+    "bytes, overlong lines, arbitrary TCP splits, over a real StreamReader",
+    "no crash; every bad input an `AgiError`; valid replies and environments round-trip; no read waits "
+    "once the stream is closed")
 row("fuzz.ami-message", "Hostile input: parsers",
-    "Generated AMI messages (hypothesis)", "no crash; every bad input a typed error")
+    "Generated AMI messages (hypothesis): mutated captures, random bytes, repeated `ActionID`, "
+    "arbitrary TCP splits, messages that never end",
+    "no crash; every bad block an `AmiProtocolError`, skipped without dropping the link; same result "
+    "whatever the split points; valid messages round-trip")
 row("fuzz.audiosocket-frame", "Hostile input: parsers",
-    "Generated AudioSocket frames (hypothesis)", "no crash; every bad input a typed error")
+    "Generated AudioSocket frames (hypothesis): mutated captured frames, random bytes, oversized "
+    "lengths, arbitrary TCP splits",
+    "no crash; every bad input an `AudioSocketError`; an oversized length fails at once without "
+    "waiting for its payload; valid frames round-trip")
 
 # --- Hostile input: AGI injection -----------------------------------------
 row("inject.agi", "Hostile input: AGI injection",
-    "Newlines, quotes, backslashes and non-UTF-8 bytes in caller ID, digits, speech, look-up results, flow variables",
-    "no extra AGI command on the wire (asserted on the bytes sent)")
+    "Newlines, quotes, backslashes, NUL, non-UTF-8 bytes and very long strings in caller ID name and "
+    "number, flow arguments, dialled digits (junk `GET DATA` replies) and look-up results; hostile "
+    "summaries, reasons and numbers in callbacks over AMI",
+    "no extra AGI command or AMI header on the wire (asserted on the bytes sent); the call still transfers")
 
 # --- Hostile input: flow files ---------------------------------------------
 row("flows.hostile-files", "Hostile input: flow files",
-    "YAML alias bombs, huge files, deep nesting, binary junk, wrong encodings",
-    "clear error, bounded time and memory, the server keeps its old flows")
+    "YAML alias bombs, a 50 MB file, 100,000 levels of nesting, binary junk, UTF-16/Latin-1/GBK, NUL "
+    "bytes, `!!python` tags, duplicate keys, a truncated file, a FIFO",
+    "`ivr validate` names the file and line and exits 1 in bounded time and memory; the running server "
+    "keeps its old flows and logs the refusal without a traceback")
 
 # --- Hostile input: web ----------------------------------------------------
 row("web.link-tokens", "Hostile input: web",
