@@ -34,6 +34,7 @@ from ivr.testing.fake_asterisk import SILENCE, AppOutcome, FakeAsterisk, FakeCal
 from ivr.testing.paths import explore
 
 from ..conftest import ROOT
+from .support import wait_ended
 
 # ---------------------------------------------------------------------------
 # Shared helpers
@@ -141,16 +142,6 @@ class Recorded:
     talked: list[bool] = field(default_factory=list)
 
 
-async def wait_ended(app, session_id: str | None, timeout: float = 10.0) -> dict[str, Any] | None:
-    """The session row once ``ended_at`` is set (None when there is no session)."""
-    if not session_id:
-        return None
-    deadline = time.monotonic() + timeout
-    session = await app.store.get_session(session_id)
-    while (session is None or session["ended_at"] is None) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-        session = await app.store.get_session(session_id)
-    return session
 
 
 async def place(app, flow_id: str, start: str, inputs, timeline: Timeline | None = None, **kw) -> Recorded:

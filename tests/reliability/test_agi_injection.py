@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from ivr.agi.protocol import MAX_COMMAND_BYTES, sanitize
 from ivr.testing.callers import SimLikeCaller
 from ivr.testing.fake_asterisk import FakeAsterisk, parse_args
+from .support import wait_ended
 
 # Verb -> allowed argument counts after the verb words (as parse_args splits them).
 LEGIT = {
@@ -247,7 +248,7 @@ async def test_hostile_text_from_every_source_never_reaches_the_wire_as_a_comman
             result = await fake.run()
         problems = wire_problems(result.raw_received, result.commands)
         session_id = result.variables.get("IVR_SESSION")
-        session = await server.store.get_session(session_id) if session_id else None
+        session = await wait_ended(server, session_id)
         if session is None or session["ended_at"] is None:
             problems.append(f"session not ended: {session_id}")
         elif not result.server_closed:

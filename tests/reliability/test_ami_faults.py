@@ -28,6 +28,7 @@ from ivr.testing.fake_ami import DROP_STAGES, FakeAmiServer, FakeQueue, FakeQueu
 from ivr.testing.fake_asterisk import FakeAsterisk
 from ivr.testing.handoff import QueueApp
 from tests.handoff_util import DeskClient, base_url, start_server
+from .support import wait_ended
 
 
 async def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05):
@@ -235,7 +236,7 @@ async def run_call(app, keys, queue: QueueApp):
     queue.bind(fake)
     result = await fake.run()
     sid = result.variables.get(names.VAR_SESSION)
-    return result, sid, await app.store.get_session(sid), await app.store.events(sid)
+    return result, sid, await wait_ended(app, sid), await app.store.events(sid)
 
 
 async def wait_for(predicate, timeout: float = 15.0) -> None:

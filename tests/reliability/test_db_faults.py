@@ -27,6 +27,7 @@ from ivr.store import TrailStore
 from ivr.testing.callers import SimLikeCaller
 from ivr.testing.fake_asterisk import FakeAsterisk
 from tests.conftest import OFFICE_HOURS, pg_url
+from .support import wait_ended
 
 # verify, balance, back to the main menu, outages, goodbye: the same path at any hour
 DEMO_KEYS = ["1", "1", "20240001#", "110105199003071239#", "1", "9", "3", "1"]
@@ -143,7 +144,7 @@ async def check_calls(app: Any, results: list[Any]) -> list[str]:
             continue
         sessions.append(sid)
     for sid in sessions:
-        session = await app.store.get_session(sid)
+        session = await wait_ended(app, sid)
         if session is None or session["outcome"] is None:
             bad.append(f"session {sid} not ended: {session and session['outcome']}")
     return bad

@@ -26,6 +26,7 @@ from ivr.testing.callers import SimLikeCaller
 from ivr.testing.fake_asterisk import FakeAsterisk
 
 from ..conftest import ROOT
+from .support import wait_ended
 
 DEMO = (ROOT / "flows" / "demo_hotline.yaml").read_text(encoding="utf-8")
 MAX_SECONDS = 10.0  # generous: a clean validate takes about one second
@@ -190,7 +191,7 @@ async def _demo_call(app) -> tuple[dict, object]:
     fake = FakeAsterisk("127.0.0.1", app.config.agi_port, inputs=SimLikeCaller(["1", "3", "1"]),
                         script="demo_hotline")
     result = await fake.run()
-    session = await app.store.get_session(result.variables.get("IVR_SESSION"))
+    session = await wait_ended(app, result.variables.get("IVR_SESSION"))
     return session, result
 
 

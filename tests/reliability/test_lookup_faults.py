@@ -28,6 +28,7 @@ from ivr.testing.callers import SimLikeCaller
 from ivr.testing.fake_asterisk import FakeAsterisk
 
 from ..conftest import OFFICE_HOURS
+from .support import wait_ended
 
 CALLS = 20  # concurrent calls per fault
 SLACK = 5.0  # seconds allowed past a look-up's timeout (a shared, loaded machine)
@@ -223,7 +224,7 @@ async def call(app, keys: list[str], script: str) -> tuple[Any, dict, list[dict]
     elapsed = time.monotonic() - started
     sid = result.variables.get("IVR_SESSION")
     assert sid, result.transcript()[-2000:]
-    return result, await app.store.get_session(sid), await app.store.events(sid), elapsed
+    return result, await wait_ended(app, sid), await app.store.events(sid), elapsed
 
 
 def nodes(events: list[dict]) -> list[str]:

@@ -26,6 +26,7 @@ from ivr.testing.callers import SimLikeCaller
 from ivr.testing.fake_asterisk import FakeAsterisk
 
 from ..conftest import OFFICE_HOURS
+from .support import wait_ended
 
 SEND_TIMEOUT = 1.0
 SLACK = 5.0
@@ -107,7 +108,7 @@ async def call(app, keys: list[str], number: str) -> tuple[Any, dict, list[dict]
     elapsed = time.monotonic() - started
     sid = result.variables.get("IVR_SESSION")
     assert sid, result.transcript()[-2000:]
-    return result, await app.store.get_session(sid), await app.store.events(sid), elapsed
+    return result, await wait_ended(app, sid), await app.store.events(sid), elapsed
 
 
 def nodes(events: list[dict]) -> list[str]:
