@@ -171,11 +171,12 @@ row("mask.sinks", "Hostile input: masked values",
 
 # --- Load and soak ----------------------------------------------------------
 row("soak.short", "Load and soak",
-    "Short soak in CI: paced calls through the demo flow, speech included",
-    "zero errors, memory and p99 bounded")
+    "Short soak in CI: 40 concurrent paced calls for 45 s through the demo flow, 20 % answering by voice",
+    "zero errors, every trail complete, memory growth within 25 %, turnaround p99 under 2 s")
 row("soak.200-calls-10-min", "Load and soak",
-    "200 concurrent paced calls for 10 minutes (`./dev.sh soak`)",
-    "memory flat within 10 %, p99 steady, zero errors")
+    "200 concurrent paced calls for 10 minutes through the demo flow, 15 % answering by voice (`./dev.sh soak`)",
+    "memory flat within 10 % after the warm-up, p99 steady (no minute above 2 × the median minute + 20 ms, "
+    "no upward trend), zero errors, every trail complete")
 
 
 ROWS: dict[str, Row] = {r.id: r for r in _ROWS}
