@@ -375,7 +375,8 @@ async def test_hostile_callback_values_never_add_an_ami_header(rel, tmp_path):
             continue
         allowed = {names.INHERIT + v for v in (names.VAR_SESSION, names.VAR_CALLBACK, names.VAR_SUMMARY,
                                                names.VAR_REASON, names.VAR_LANGUAGE)}
-        allowed |= {names.VAR_CALLBACK_QUEUE, names.VAR_CALLBACK_PRIO, names.VAR_CALLBACK_NUMBER}
+        allowed |= {names.VAR_CALLBACK_QUEUE, names.VAR_CALLBACK_PRIO, names.VAR_CALLBACK_NUMBER,
+                    names.INHERIT + names.VAR_CALLBACK_DIAL}
         if set(orig.variables) - allowed:
             problems.append(f"smuggled variables {sorted(set(orig.variables) - allowed)}")
         summary = orig.variables.get(names.INHERIT + names.VAR_SUMMARY)
