@@ -53,6 +53,9 @@ class RenderTimeout(RenderError):
     pass
 
 
+DEFAULT_WORKER: tuple[str, ...] = (sys.executable, "-m", "ivr.prompts.worker")
+
+
 @dataclass(frozen=True)
 class PromptSettings:
     """What rendering needs from :class:`ivr.config.Config`, paths resolved."""
@@ -65,11 +68,16 @@ class PromptSettings:
     rates: dict[str, int] = field(default_factory=dict)
     rate: int = 150
     timeout: float = 20.0
-    command: tuple[str, ...] = ()
+    #: the synthesis worker; the default is ours (pyttsx3 on espeak-ng)
+    command: tuple[str, ...] = DEFAULT_WORKER
+
+    def __post_init__(self) -> None:
+        if not self.command:
+            raise ValueError("PromptSettings.command: the synthesis worker command is empty")
 
     @classmethod
     def from_config(cls, config: Any, **overrides: Any) -> "PromptSettings":
-        command = tuple(config.prompt_synth_command or ()) or (sys.executable, "-m", "ivr.prompts.worker")
+        command = tuple(config.prompt_synth_command or ()) or DEFAULT_WORKER
         values = dict(
             sounds_dir=Path(config.sounds_dir).absolute(),
             sounds_prefix=config.sounds_prefix.strip("/"),
