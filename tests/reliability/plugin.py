@@ -67,7 +67,7 @@ class Rel:
             self._rec.notes.append(text)
 
     def figure(self, name: str, value: Any, unit: str = "") -> None:
-        self._rec.figures[name] = {"value": value, "unit": unit}
+        self._rec.figures[name] = {"value": value, "unit": unit.strip()}
 
 
 def _row_of(item: pytest.Item) -> str | None:
@@ -218,7 +218,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     tr.section("reliability rows")
     for row_id, r in data["rows"].items():
         status = row_status(row_id, r)
-        figures = "; ".join(f"{k} {v['value']}{v['unit']}" for k, v in r["figures"].items())
+        figures = "; ".join(f"{k} {v['value']} {v['unit']}".rstrip() for k, v in r["figures"].items())
         tr.write_line(f"{status:>7}  {row_id:<36} tried {r['tried']:>6}  lost {r['lost']}"
                       + (f"  [{figures}]" if figures else ""))
     out = config.getoption("--reliability-out")
