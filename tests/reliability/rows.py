@@ -131,8 +131,9 @@ row("fuzz.audiosocket-frame", "Hostile input: parsers",
 # --- Hostile input: AGI injection -----------------------------------------
 row("inject.agi", "Hostile input: AGI injection",
     "Newlines, quotes, backslashes, NUL, non-UTF-8 bytes and very long strings in caller ID name and "
-    "number, flow arguments, dialled digits (junk `GET DATA` replies) and look-up results; hostile "
-    "summaries, reasons and numbers in callbacks over AMI",
+    "number, flow arguments, dialled digits (junk `GET DATA` replies), recognised speech (free `ask` "
+    "answers and menu values/utterances; the recogniser's output replaced at its boundary) and look-up "
+    "results; hostile summaries, reasons and numbers in callbacks over AMI",
     "no extra AGI command or AMI header on the wire (asserted on the bytes sent); the call still transfers")
 
 # --- Hostile input: flow files ---------------------------------------------
