@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shutil
@@ -36,16 +37,17 @@ def prompt_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("prompt-cache")
 
 
-@pytest.fixture
-async def server(tmp_path: Path, flows_dir: Path, prompt_cache: Path):
-    """A running server (FastAGI + web) on free ports with a fresh SQLite trail."""
+@contextlib.asynccontextmanager
+async def running_server(tmp_path: Path, flows_dir: Path, prompt_cache: Path, **settings):
+    """A running server (FastAGI + web) on free ports with a fresh SQLite trail;
+    ``settings`` override the test defaults (any setting of ivr.config)."""
     from ivr.config import load_config
     from ivr.server import build_app, start_app, stop_app
 
     config = load_config(None, {
         "flows_dir": str(flows_dir), "database_url": f"sqlite:///{tmp_path / 'trail.db'}",
         "agi_port": 0, "http_port": 0, "reload_interval": 0, "shutdown_grace": 5,
-        "sounds_dir": str(tmp_path / "sounds"), "prompt_cache_dir": str(prompt_cache),
+        "sounds_dir": str(tmp_path / "sounds"), "prompt_cache_dir": str(prompt_cache), **settings,
     }, env={})
     app = await build_app(config, clock=lambda: OFFICE_HOURS)
     runner, _ = await start_app(app)
@@ -53,3 +55,10 @@ async def server(tmp_path: Path, flows_dir: Path, prompt_cache: Path):
         yield app
     finally:
         await stop_app(app, runner)
+
+
+@pytest.fixture
+async def server(tmp_path: Path, flows_dir: Path, prompt_cache: Path):
+    """A running server (FastAGI + web) on free ports with a fresh SQLite trail."""
+    async with running_server(tmp_path, flows_dir, prompt_cache) as app:
+        yield app

@@ -4,6 +4,7 @@ WebSocket protocol like desk.js."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -11,6 +12,7 @@ import hmac
 import json
 import os
 import re
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -169,3 +171,15 @@ class DeskClient:
         if self.ws is not None:
             await self.ws.close()
         await self.http.close()
+
+
+async def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05):
+    """Poll the coroutine function ``predicate`` until it returns something true."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(interval)

@@ -18,7 +18,7 @@ from ivr.ami import AmiClient
 from ivr.store import TrailStore
 from ivr.testing.fake_ami import FakeAmiServer, FakeQueue, FakeQueueMember
 
-from .handoff_util import pg_database
+from .handoff_util import pg_database, wait_until
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -57,17 +57,6 @@ async def session(store: TrailStore, caller: str = "13800138000") -> str:
                                      language="zh-CN")
     await store.flush(sid)
     return sid
-
-
-async def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(interval)
 
 
 # ------------------------------------------------------------------ the API

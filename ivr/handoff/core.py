@@ -386,11 +386,12 @@ class Handoff:
         """Store that ``session_id`` is offered to ``interface`` and publish the pop."""
         at = at or datetime.now(UTC)
         interface = normalize_interface(interface)
+        # the trail must be readable by whichever server the agent's desk is on,
+        # and the session's row must exist before an offer refers to it
+        await self.app.store.flush(session_id)
         async with self._write.begin() as conn:
             await conn.execute(insert(OF).values(session_id=session_id, interface=interface[:128], kind=kind,
                                                  queue=(queue or None), agent=(agent or None), at=at))
-        # the trail must be readable by whichever server the agent's desk is on
-        await self.app.store.flush(session_id)
         message = {"type": "pop", "session_id": session_id, "interface": interface, "kind": kind,
                    "queue": queue, "agent": agent, "at": _iso(at), "server": self.server_id}
         try:

@@ -22,3 +22,18 @@ async def wait_ended(app, session_id: str | None, timeout: float = 10.0) -> dict
         await asyncio.sleep(0.05)
         session = await app.store.get_session(session_id)
     return session
+
+
+async def timed_call(app, keys: list[str], *, script: str = "demo_hotline", **fake: Any):
+    """One call through ``app`` by the fake Asterisk, the caller pressing ``keys``:
+    (result, ended session row, its events, seconds the call took)."""
+    from ivr.testing.callers import SimLikeCaller
+    from ivr.testing.fake_asterisk import FakeAsterisk
+
+    started = time.monotonic()
+    result = await FakeAsterisk("127.0.0.1", app.config.agi_port, inputs=SimLikeCaller(keys), script=script,
+                                idle_timeout=30, **fake).run()
+    elapsed = time.monotonic() - started
+    sid = result.variables.get("IVR_SESSION")
+    assert sid, result.transcript()[-2000:]
+    return result, await wait_ended(app, sid), await app.store.events(sid), elapsed

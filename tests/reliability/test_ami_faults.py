@@ -27,19 +27,8 @@ from ivr.testing.callers import SimLikeCaller
 from ivr.testing.fake_ami import DROP_STAGES, FakeAmiServer, FakeQueue, FakeQueueMember
 from ivr.testing.fake_asterisk import FakeAsterisk
 from ivr.testing.handoff import QueueApp
-from tests.handoff_util import DeskClient, base_url, start_server
+from tests.handoff_util import DeskClient, base_url, start_server, wait_until
 from .support import wait_ended
-
-
-async def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(interval)
 
 
 def app_for(store: TrailStore) -> SimpleNamespace:

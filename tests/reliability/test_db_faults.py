@@ -26,7 +26,7 @@ from ivr.engine.types import Event
 from ivr.store import TrailStore
 from ivr.testing.callers import SimLikeCaller
 from ivr.testing.fake_asterisk import FakeAsterisk
-from tests.conftest import OFFICE_HOURS, pg_url
+from ..conftest import pg_url, running_server
 from .support import wait_ended
 
 # verify, balance, back to the main menu, outages, goodbye: the same path at any hour
@@ -99,24 +99,10 @@ def compare(appended: AppendCounter, stored: dict[str, list[tuple[int, str, Any]
     return lost, duplicated
 
 
-@asynccontextmanager
-async def demo_server(tmp_path: Path, flows_dir: Path, prompt_cache: Path, database_url: str, **extra: Any):
-    from ivr.config import load_config
-    from ivr.server import build_app, start_app, stop_app
-
-    config = load_config(None, {
-        "flows_dir": str(flows_dir), "database_url": database_url,
-        "agi_port": 0, "http_port": 0, "reload_interval": 0, "shutdown_grace": 5,
-        "sounds_dir": str(tmp_path / "sounds"), "prompt_cache_dir": str(prompt_cache),
-        "prompt_render_during_calls": False, "log_trail": False,
-        "trail_spill_path": str(tmp_path / "trail-spill.jsonl"), **extra,
-    }, env={})
-    app = await build_app(config, clock=lambda: OFFICE_HOURS)
-    runner, _ = await start_app(app)
-    try:
-        yield app
-    finally:
-        await stop_app(app, runner)
+def demo_server(tmp_path: Path, flows_dir: Path, prompt_cache: Path, database_url: str, **extra: Any):
+    return running_server(tmp_path, flows_dir, prompt_cache, database_url=database_url,
+                          prompt_render_during_calls=False, log_trail=False,
+                          trail_spill_path=str(tmp_path / "trail-spill.jsonl"), **extra)
 
 
 async def run_calls(app: Any, n: int) -> list[Any]:

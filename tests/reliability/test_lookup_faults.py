@@ -16,7 +16,6 @@ import contextlib
 import logging
 import socket
 import struct
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from ivr.testing.callers import SimLikeCaller
-from ivr.testing.fake_asterisk import FakeAsterisk
-
-from ..conftest import OFFICE_HOURS
-from .support import wait_ended
+from ..conftest import running_server
+from .support import timed_call
 
 CALLS = 20  # concurrent calls per fault
 SLACK = 5.0  # seconds allowed past a look-up's timeout (a shared, loaded machine)
@@ -196,35 +192,15 @@ async def backend():
 
 @pytest.fixture
 async def app(tmp_path: Path, flows_dir: Path, prompt_cache: Path, backend: FaultBackend):
-    from ivr.config import load_config
-    from ivr.server import build_app, start_app, stop_app
-
     for name in FAULTS:
         (flows_dir / f"lookup_{name}.yaml").write_text(FLOW.format(name=name, timeout=LOOKUP_TIMEOUT),
                                                        encoding="utf-8")
-    config = load_config(None, {
-        "flows_dir": str(flows_dir), "database_url": f"sqlite:///{tmp_path / 'trail.db'}",
-        "agi_port": 0, "http_port": 0, "reload_interval": 0, "shutdown_grace": 5,
-        "sounds_dir": str(tmp_path / "sounds"), "prompt_cache_dir": str(prompt_cache),
-        "backend_url": backend.base,
-    }, env={})
-    app = await build_app(config, clock=lambda: OFFICE_HOURS)
-    runner, _ = await start_app(app)
-    try:
+    async with running_server(tmp_path, flows_dir, prompt_cache, backend_url=backend.base) as app:
         yield app
-    finally:
-        await stop_app(app, runner)
 
 
 async def call(app, keys: list[str], script: str) -> tuple[Any, dict, list[dict], float]:
-    started = time.monotonic()
-    fake = FakeAsterisk("127.0.0.1", app.config.agi_port, inputs=SimLikeCaller(keys), script=script,
-                        idle_timeout=30)
-    result = await fake.run()
-    elapsed = time.monotonic() - started
-    sid = result.variables.get("IVR_SESSION")
-    assert sid, result.transcript()[-2000:]
-    return result, await wait_ended(app, sid), await app.store.events(sid), elapsed
+    return await timed_call(app, keys, script=script)
 
 
 def nodes(events: list[dict]) -> list[str]:

@@ -15,18 +15,14 @@ import asyncio
 import contextlib
 import logging
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from ivr.testing.callers import SimLikeCaller
-from ivr.testing.fake_asterisk import FakeAsterisk
-
-from ..conftest import OFFICE_HOURS
-from .support import wait_ended
+from ..conftest import running_server
+from .support import timed_call
 
 SEND_TIMEOUT = 1.0
 SLACK = 5.0
@@ -81,34 +77,13 @@ def silent_smsc():
         sock.close()
 
 
-@contextlib.asynccontextmanager
-async def server(tmp_path: Path, flows_dir: Path, prompt_cache: Path, **sms: Any):
-    from ivr.config import load_config
-    from ivr.server import build_app, start_app, stop_app
-
-    config = load_config(None, {
-        "flows_dir": str(flows_dir), "database_url": f"sqlite:///{tmp_path / 'trail.db'}",
-        "agi_port": 0, "http_port": 0, "reload_interval": 0, "shutdown_grace": 5,
-        "sounds_dir": str(tmp_path / "sounds"), "prompt_cache_dir": str(prompt_cache),
-        "sms_send_timeout": SEND_TIMEOUT, "sms_limit_per_hour": 1000, **sms,
-    }, env={})
-    app = await build_app(config, clock=lambda: OFFICE_HOURS)
-    runner, _ = await start_app(app)
-    try:
-        yield app
-    finally:
-        await stop_app(app, runner)
+def server(tmp_path: Path, flows_dir: Path, prompt_cache: Path, **sms: Any):
+    return running_server(tmp_path, flows_dir, prompt_cache, sms_send_timeout=SEND_TIMEOUT,
+                          sms_limit_per_hour=1000, **sms)
 
 
 async def call(app, keys: list[str], number: str) -> tuple[Any, dict, list[dict], float]:
-    started = time.monotonic()
-    fake = FakeAsterisk("127.0.0.1", app.config.agi_port, inputs=SimLikeCaller(keys), script="demo_hotline",
-                        callerid=number, idle_timeout=30)
-    result = await fake.run()
-    elapsed = time.monotonic() - started
-    sid = result.variables.get("IVR_SESSION")
-    assert sid, result.transcript()[-2000:]
-    return result, await wait_ended(app, sid), await app.store.events(sid), elapsed
+    return await timed_call(app, keys, callerid=number)
 
 
 def nodes(events: list[dict]) -> list[str]:
