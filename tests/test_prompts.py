@@ -332,3 +332,22 @@ def test_settings_from_config_and_environment(tmp_path):
     assert s.timeout == 5.0 and s.command[1:] == ("-m", "ivr.prompts.worker")
     with pytest.raises(RenderError):
         s.output_path("zh-CN", "../../etc/passwd")
+
+
+async def test_a_huge_call_time_prompt_is_cut_to_about_a_minute_of_speech(tmp_path, caplog):
+    from ivr.prompts.runtime import MAX_RENDER_CHARS, clip_spoken
+
+    settings = make_settings(tmp_path)
+    service = PromptService(settings, Renderer(settings, concurrency=1))
+    await service.start()
+    try:
+        text = "one two three four five six seven eight nine ten " * 200  # 10,000 characters
+        name = await service.prompt_files(PromptOut("echo", text, "en-US", dynamic=True))
+        seconds = wav_info(settings.sounds_dir / "en-US" / f"{name.rsplit('/', 1)[1]}.wav").seconds
+        assert 20 < seconds < 120, seconds  # the whole text would be several minutes
+        assert any("only the first 1000 are spoken" in r.getMessage() for r in caplog.records)
+    finally:
+        await service.close()
+    cut = clip_spoken(text)
+    assert len(cut) <= MAX_RENDER_CHARS and text.startswith(cut) and not cut.endswith(" ")
+    assert clip_spoken("x" * 1500) == "x" * MAX_RENDER_CHARS and clip_spoken("short") == "short"

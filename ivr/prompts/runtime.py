@@ -43,6 +43,19 @@ RENDERED_RE = re.compile(r"^(?P<id>.+)-[0-9a-f]{12}\.wav$")
 MEMO_SIZE = 20_000
 FAILURE_MEMORY = 30.0  # seconds a failed render is not retried
 MANIFEST_CHECK = 2.0  # seconds between looks at the build manifest
+#: Characters of one call-time render at the most (about a minute of speech):
+#: a prompt filled with caller or back-end text could otherwise keep a worker
+#: busy past its timeout while the caller hears nothing.
+MAX_RENDER_CHARS = 1000
+
+
+def clip_spoken(text: str, limit: int = MAX_RENDER_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, at a space when there is one near the end."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    space = cut.rfind(" ")
+    return cut[:space] if space > limit * 0.8 else cut
 
 
 class PromptService:
@@ -163,6 +176,10 @@ class PromptService:
         """Synthesise ``prompt.text`` (cache first) under its content name; return that name."""
         if not prompt.text.strip():
             return names.SILENCE_FILE
+        if len(prompt.text) > MAX_RENDER_CHARS:
+            self._warn_once(f"long:{prompt.lang}/{prompt.id}", "prompt %s (%s) is %d characters long: only the "
+                            "first %d are spoken", prompt.id, prompt.lang, len(prompt.text), MAX_RENDER_CHARS)
+            prompt = replace(prompt, text=clip_spoken(prompt.text))
         as_dynamic = replace(prompt, dynamic=True)
         name = prompt_file_name(as_dynamic, self.settings.sounds_prefix)
         lang = voice_lang or prompt.lang
