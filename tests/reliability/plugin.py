@@ -171,6 +171,18 @@ def _git_commit() -> str:
         return ""
 
 
+def _args_without_out(args: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--reliability-out":
+            skip = True
+        elif not a.startswith("--reliability-out="):
+            out.append(a)
+    return out
+
+
 def results(config: pytest.Config) -> dict[str, Any]:
     rows = {}
     for row_id, rec in sorted(_records.items()):
@@ -188,7 +200,7 @@ def results(config: pytest.Config) -> dict[str, Any]:
             "seconds": round(time.time() - config._reliability_started),  # type: ignore[attr-defined]
             "machine": _machine(),
             "commit": _git_commit(),
-            "args": [a for a in sys.argv[1:] if not a.startswith("--reliability-out")],
+            "args": _args_without_out(sys.argv[1:]),
         },
         "rows": rows,
     }
