@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,9 +39,11 @@ def prompt_cache(tmp_path_factory) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def running_server(tmp_path: Path, flows_dir: Path, prompt_cache: Path, **settings):
+async def running_server(tmp_path: Path, flows_dir: Path, prompt_cache: Path, *,
+                         clock: Callable[[], dt.datetime] = lambda: OFFICE_HOURS, **settings):
     """A running server (FastAGI + web) on free ports with a fresh SQLite trail;
-    ``settings`` override the test defaults (any setting of ivr.config)."""
+    ``clock`` is the server's clock (office hours by default), ``settings``
+    override the test defaults (any setting of ivr.config)."""
     from ivr.config import load_config
     from ivr.server import build_app, start_app, stop_app
 
@@ -49,7 +52,7 @@ async def running_server(tmp_path: Path, flows_dir: Path, prompt_cache: Path, **
         "agi_port": 0, "http_port": 0, "reload_interval": 0, "shutdown_grace": 5,
         "sounds_dir": str(tmp_path / "sounds"), "prompt_cache_dir": str(prompt_cache), **settings,
     }, env={})
-    app = await build_app(config, clock=lambda: OFFICE_HOURS)
+    app = await build_app(config, clock=clock)
     runner, _ = await start_app(app)
     try:
         yield app

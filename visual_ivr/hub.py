@@ -270,22 +270,17 @@ class VisualHub:
                     reason = "key"
                     break
         except (AgiHangup, CallerGone):
-            ws.holding = False
-            gone = "moved" if getattr(face, "moved", False) else "caller"
-            async with ws.lock:
-                if ws.turn is not None:
-                    # the session ends where the page got to; a page still in
-                    # use goes on without the call
-                    return Handover(self._voice_turn(ws), gone=gone)
-                if gone == "moved":  # pragma: no cover - moving needs an opened page
-                    return Handover(self._offer_turn(ws), gone=gone)
-            raise CallerGone("caller") from None
+            return await self._left_hold(ws, face)
         finally:
             if not chan.hung_up and not chan.closed:
                 try:
                     await chan.exec("StopMusicOnHold")
                 except AgiError:
                     pass
+        if chan.hung_up:
+            # the caller hung up as the music stopped: the call ends here, on
+            # the hold, not at whatever the flow would have gone on to
+            return await self._left_hold(ws, face)
         async with ws.lock:  # no page step runs while the call takes the session back
             ws.holding = False
             if reason in ("abandoned", "key"):
@@ -297,6 +292,19 @@ class VisualHub:
             self._append(info.id, "visual_back", node, {"reason": reason, "outcome": ws.finished}, face.channel,
                          info)
             return Handover(self._voice_turn(ws))
+
+    async def _left_hold(self, ws: WebSession, face: Any) -> Handover:
+        """The caller is gone while on hold: the page's session, or CallerGone."""
+        ws.holding = False
+        gone = "moved" if getattr(face, "moved", False) else "caller"
+        async with ws.lock:
+            if ws.turn is not None:
+                # the session ends where the page got to; a page still in
+                # use goes on without the call
+                return Handover(self._voice_turn(ws), gone=gone)
+            if gone == "moved":  # pragma: no cover - moving needs an opened page
+                return Handover(self._offer_turn(ws), gone=gone)
+        raise CallerGone("caller") from None
 
     def _offer_turn(self, ws: WebSession) -> Turn:
         state = dict(ws.voice_state or {})

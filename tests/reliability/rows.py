@@ -37,7 +37,8 @@ def row(id: str, area: str, fault: str, survives: str) -> None:
 
 # --- Faults: FastAGI -------------------------------------------------------
 row("agi.hangup-every-command", "Faults: FastAGI",
-    "Caller hangs up at every AGI command of every path through every shipped flow",
+    "Caller hangs up at every AGI command of every path through every shipped flow, in and out of office "
+    "hours, with the back end up, down, and down once the caller is verified",
     "session ends `hangup` at the right node, trail complete, no traceback, no task or socket left")
 row("agi.reset-mid-command", "Faults: FastAGI",
     "Connection reset by the peer in the middle of a command",

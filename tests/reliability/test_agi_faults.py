@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import itertools
 import json
 import logging
@@ -28,21 +29,22 @@ from typing import Any
 
 import pytest
 
+from ivr import names
 from ivr.logs import current_call
 from ivr.testing.callers import SimLikeCaller
 from ivr.testing.fake_asterisk import SILENCE, AppOutcome, FakeAsterisk, FakeCallResult, PeerFault, build_env
 from ivr.testing.paths import explore
 
-from ..conftest import ROOT
+from ..conftest import ROOT, running_server
 from .support import wait_ended
 
 # ---------------------------------------------------------------------------
 # Shared helpers
 
 #: Start variants of a call: who calls, and what the queue does.
-CALLERS = {"known": "13800138000", "unknown": "13700000000", "busy": "13800138000"}
+CALLERS = {"known": "13800138000", "unknown": "13700000000", "busy": "13800138000", "callback": "13800138000"}
 #: How deep each start variant is explored (see ivr.testing.paths.explore).
-STARTS = {"known": 14, "unknown": 4, "busy": 4}
+STARTS = {"known": 14, "unknown": 4, "busy": 4, "callback": 4}
 #: Entries the demo back end tells apart: an account that exists and one that
 #: does not; the holder's ID, one with a bad check digit, another person's.
 SAMPLES = {
@@ -57,8 +59,14 @@ BATCH = 20
 
 
 def _apps(start: str) -> dict[str, Any] | None:
-    # "busy": nobody answers in the queue, so the flow's failure exit runs
-    return {"queue": AppOutcome(0, {"QUEUESTATUS": "TIMEOUT"})} if start == "busy" else None
+    # "busy": nobody answers in the queue, so the flow's failure exit runs;
+    # "callback": the caller presses the callback key while waiting in the
+    # queue (Queue() leaves to the exit context, no QUEUESTATUS)
+    if start == "busy":
+        return {"queue": AppOutcome(0, {"QUEUESTATUS": "TIMEOUT"})}
+    if start == "callback":
+        return {"queue": AppOutcome(0, {"CONTEXT": names.CONTEXT_QUEUE_EXIT, "EXTEN": names.QUEUE_EXIT_CALLBACK_KEY})}
+    return None
 
 
 def open_fds() -> int:
@@ -280,15 +288,95 @@ def _expected(full: Recorded, k: int, *, seen_at_once: bool = False) -> tuple[se
     return nodes, outcomes
 
 
-@pytest.mark.reliability("agi.hangup-every-command")
-async def test_hangup_at_every_command_of_every_path(server, rel, caplog):
-    caplog.set_level(logging.WARNING)
+#: 02:00 in Shanghai on a Thursday: the demo's agents are out (its hours node says closed).
+NIGHT = dt.datetime(2026, 11, 25, 18, 0, tzinfo=dt.timezone.utc)
+#: Edges of a shipped flow no condition below can take, with the reason (none today).
+UNREACHABLE: dict[str, dict[tuple[str, str], str]] = {}
+
+
+@contextlib.asynccontextmanager
+async def refused_port():
+    """A local port bound but never listening: every connection to it is refused."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+@contextlib.asynccontextmanager
+async def verify_only_backend():
+    """The demo back end (:mod:`ivr.demo_backend`, real HTTP) that goes down
+    once the caller is verified: only the verify look-up answers, every other
+    request gets 503. Takes the failure branch of look-ups behind the check."""
+    from aiohttp import web
+
+    from ivr.demo_backend import DEMO_PREFIX, create_demo_backend
+
+    @web.middleware
+    async def only_verify(request, handler):
+        if request.method == "POST" and request.path.endswith("/verify"):
+            return await handler(request)
+        return web.json_response({"error": "backend unavailable", "detail": ""}, status=503)
+
+    webapp = web.Application(middlewares=[only_verify])
+    webapp.add_subapp(DEMO_PREFIX, create_demo_backend())
+    runner = web.AppRunner(webapp, shutdown_timeout=0.5, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}{DEMO_PREFIX}"  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def condition_server(name: str, tmp_path: Path, flows_dir: Path, prompt_cache: Path):
+    """A server under one condition (``office hours``: the usual test server).
+
+    Its text limits are out of reach: a replayed path must text the caller
+    again where the explored one did (the limit per number and hour would
+    otherwise refuse the fourth link, and the call go on another way)."""
+    where = tmp_path / name.replace(" ", "-")
+    where.mkdir()
+    async with contextlib.AsyncExitStack() as stack:
+        settings: dict[str, Any] = {"sms_limit_per_number": 1_000_000, "sms_limit_per_hour": 1_000_000}
+        if name == "office hours":
+            pass
+        elif name == "night":
+            settings["clock"] = lambda: NIGHT
+        elif name == "backend-down":
+            settings["backend_url"] = f"http://127.0.0.1:{await stack.enter_async_context(refused_port())}"
+        elif name == "backend-down-after-verify":
+            settings["backend_url"] = await stack.enter_async_context(verify_only_backend())
+        else:
+            raise ValueError(name)
+        yield await stack.enter_async_context(running_server(where, flows_dir, prompt_cache, **settings))
+
+
+#: Conditions each flow is explored and swept under besides office hours with
+#: the back end up (explored with STARTS): what the caller cannot steer, and
+#: the start variants worth exploring there, and how deep. A condition only
+#: changes a call where it meets the hours node or a look-up, all within five
+#: answers of the start; at night nobody reaches the queue (so the busy and
+#: callback starts are the known caller's), with the back end down the
+#: identify look-up fails (every caller is unknown to it).
+CONDITIONS = {
+    "night": {"known": 5},
+    "backend-down": {"known": 5, "busy": 3, "callback": 3},
+    "backend-down-after-verify": {"known": 5},
+}
+
+
+async def _sweep(server, condition: str, covered: dict[str, dict[str, set]], declared: dict[str, set],
+                 counts: dict[str, Any]) -> list[str]:
+    """Explore every shipped flow on ``server`` and hang up at every distinct
+    command of every path found; the problems seen (leaks included)."""
     await warm_up(server)
     leaks = Leaks(server)
     problems: list[str] = []
-    points = paths = 0
-    explore_s = 0.0
-    t_all = time.monotonic()
     with timeline_on() as timeline:
         for flow_id in shipped_flows(server):
             flow = server.registry.get(flow_id)
@@ -298,31 +386,37 @@ async def test_hangup_at_every_command_of_every_path(server, rel, caplog):
                 return rec.events, rec
 
             t0 = time.monotonic()
-            found = await explore(flow, run, starts=STARTS, samples=SAMPLES, max_runs=1200, concurrency=BATCH)
-            explore_s += time.monotonic() - t0
-            assert len(found.covered & found.declared) >= 0.85 * len(found.declared), sorted(found.uncovered)
-            rel.note(f"{flow_id}: {len(found.paths)} paths cover {len(found.covered & found.declared)} of "
-                     f"{len(found.declared)} declared edges ({found.runs} exploring calls); not steerable by the "
-                     f"caller: {', '.join(f'{a}->{b}' for a, b in sorted(found.uncovered))}")
+            starts = CONDITIONS.get(condition, STARTS)
+            found = await explore(flow, run, starts=starts, samples=SAMPLES, max_runs=1200, concurrency=BATCH)
+            counts["explore_s"] += time.monotonic() - t0
+            counts["runs"] += found.runs
+            if condition == "office hours":
+                assert len(found.covered & found.declared) >= 0.85 * len(found.declared), sorted(found.uncovered)
+            covered.setdefault(flow_id, {})[condition] = found.covered & found.declared
+            declared[flow_id] = found.declared
             jobs = []
             seen: set[tuple] = set()
             for path in found.paths:
                 full = path.result
                 assert full.result.commands and len(full.node) == len(full.result.commands)
-                for k in range(len(full.result.commands)):
+                # each call has its own session id (IVR_SESSION): not part of the exchange
+                session_id = full.result.variables.get("IVR_SESSION") or "\0"
+                commands = [c.replace(session_id, "<session>") for c in full.result.commands]
+                for k in range(len(commands)):
                     # the same exchange up to this command (another start or
                     # path that has not diverged yet): the same hang-up point
-                    key = (tuple(full.result.commands[:k + 1]), tuple(map(tuple, full.result.replies[:k])))
+                    key = (tuple(commands[:k + 1]), tuple(map(tuple, full.result.replies[:k])))
                     if key not in seen:
                         seen.add(key)
                         jobs.append((path, k))
-            paths += len(found.paths)
-            points += len(jobs)
+            counts["paths"] += len(found.paths)
+            counts["points"] += len(jobs)
+            counts["by condition"][condition] = len(jobs)
 
             async def one(path, k):
                 rec = await place(server, flow_id, path.start, path.inputs, hangup_after=k + 1)
-                where = f"{flow_id} {path.start} {list(map(str, path.inputs))} hang-up at command {k + 1} " \
-                        f"({path.result.result.commands[k][:40]!r})"
+                where = f"{condition}: {flow_id} {path.start} {list(map(str, path.inputs))} hang-up at command " \
+                        f"{k + 1} ({path.result.result.commands[k][:40]!r})"
                 out = [f"{where}: {p}" for p in trail_problems(rec.session, rec.events)]
                 if not rec.result.server_closed:
                     out.append(f"{where}: the server did not close the socket")
@@ -346,17 +440,51 @@ async def test_hangup_at_every_command_of_every_path(server, rel, caplog):
                                    f"session ended at {rec.session['end_node']}")
                 return out
 
+            t0 = time.monotonic()
             for i in range(0, len(jobs), BATCH):
                 for found_problems in await asyncio.gather(*(one(p, k) for p, k in jobs[i:i + BATCH])):
                     problems.extend(found_problems)
-    problems += await leaks.problems()
+            counts["sweep_s"] += time.monotonic() - t0
+    problems += [f"{condition}: {p}" for p in await leaks.problems()]
+    return problems
+
+
+@pytest.mark.reliability("agi.hangup-every-command")
+async def test_hangup_at_every_command_of_every_path(tmp_path, flows_dir, prompt_cache, rel, caplog):
+    """Every path of every shipped flow, under office hours with the back end up
+    and under each condition the caller cannot steer (night, back end down,
+    back end down once the caller is verified): a hang-up at every command."""
+    caplog.set_level(logging.WARNING)
+    covered: dict[str, dict[str, set]] = {}
+    declared: dict[str, set] = {}
+    counts: dict[str, Any] = {"explore_s": 0.0, "sweep_s": 0.0, "runs": 0, "paths": 0, "points": 0,
+                              "by condition": {}}
+    problems: list[str] = []
+    for condition in ("office hours", *CONDITIONS):
+        async with condition_server(condition, tmp_path, flows_dir, prompt_cache) as app:
+            problems += await _sweep(app, condition, covered, declared, counts)
     problems += log_problems(caplog)
-    rel.tried(points)
-    rel.note(f"{paths} paths, {points} distinct hang-up points")
-    rel.figure("exploring", round(explore_s, 1), " s")
-    rel.figure("hang-up sweep", round(time.monotonic() - t_all - explore_s, 1), " s")
+    dropped: list[str] = []
+    for flow_id, by_condition in covered.items():
+        total = set().union(*by_condition.values())
+        missing = declared[flow_id] - total
+        unreachable = UNREACHABLE.get(flow_id, {})
+        per = "; ".join(f"{c} {len(e)}" for c, e in by_condition.items())
+        note = f"{flow_id}: {len(total)} of {len(declared[flow_id])} declared edges covered ({per})"
+        if missing:
+            note += "; not reachable: " + ", ".join(f"{a}->{b} ({unreachable.get((a, b), '?')})"
+                                                     for a, b in sorted(missing))
+        rel.note(note)
+        # coverage cannot drop: every declared edge is taken under some condition
+        dropped += [f"{flow_id}: {a}->{b}" for a, b in sorted(missing - set(unreachable))]
+    rel.tried(counts["points"])
+    rel.note(f"{counts['paths']} paths ({counts['runs']} exploring calls), {counts['points']} distinct hang-up "
+             "points (" + "; ".join(f"{c} {n}" for c, n in counts["by condition"].items()) + ")")
+    rel.figure("exploring", round(counts["explore_s"], 1), " s")
+    rel.figure("hang-up sweep", round(counts["sweep_s"], 1), " s")
     rel.lost(len(problems), "; ".join(problems[:5]))
     assert not problems, "\n".join(problems[:30])
+    assert not dropped, f"declared edges no condition covered: {dropped}"
 
 
 def _hangup_problems(where: str, rec: Recorded, full: Recorded, k: int, *, seen_at_once: bool = False,
