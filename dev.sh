@@ -90,13 +90,13 @@ case "$cmd" in
     install_system
     install_python
     say "running the reliability and security suite; results to docs/reliability/, report to docs/reliability.md"
-    exec .venv/bin/python -m pytest -m reliability --reliability-out docs/reliability -p no:cacheprovider "$@"
+    exec .venv/bin/python -m pytest tests -m reliability --reliability-out=docs/reliability -p no:cacheprovider "$@"
     ;;
   soak)
     install_system
     install_python
     say "running the soak (200 paced calls for 10 minutes; IVR_SOAK_MINUTES and IVR_SOAK_CALLS change it)"
-    exec .venv/bin/python -m pytest tests/reliability --soak --reliability-out docs/reliability -p no:cacheprovider "$@"
+    exec .venv/bin/python -m pytest tests/reliability --soak --reliability-out=docs/reliability -p no:cacheprovider "$@"
     ;;
   *)
     echo "usage: ./dev.sh serve [ivr serve options] | ./dev.sh test [pytest options]" >&2

@@ -5,7 +5,7 @@
 * The ``rel`` fixture lets the test say what it tried: ``rel.tried(n)``,
   ``rel.lost(n, what)``, ``rel.note(text)``, ``rel.figure(name, value, unit)``.
 * ``--row ID`` runs only the tests of one row (the report's "reproduce" command).
-* ``--reliability-out DIR`` writes the run's results to ``DIR/suite.json``
+* ``--reliability-out=DIR`` writes the run's results to ``DIR/suite.json``
   (``DIR/soak.json`` with ``--soak``) and renders ``docs/reliability.md`` from
   every results file in ``DIR``.
 * Every run prints the rows it touched at the end, so CI logs carry the figures.
