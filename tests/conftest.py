@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import os
 import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 # 11:00 in Shanghai on a Wednesday: the demo's agents are in.
 OFFICE_HOURS = dt.datetime(2026, 11, 25, 3, 0, tzinfo=dt.timezone.utc)
+
+
+def free_port() -> int:
+    """A local TCP port nobody listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def pg_url() -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import socket
 import time
 import tracemalloc
 from collections import Counter
@@ -18,6 +17,8 @@ import pytest
 from aiohttp import web
 
 from ivr.lookup import DEFAULT_MAX_BYTES, LookupRunner, perform_lookup
+
+from .conftest import free_port
 
 MARGIN = 0.6  # seconds of scheduling slack allowed past a look-up's timeout
 HUGE = 50 * 1024 * 1024
@@ -166,13 +167,6 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-def _free_port() -> int:
-    """A port nobody listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _assert_shape(result: dict[str, Any]) -> None:
     assert set(result) == {"ok", "status", "data", "error", "latency_ms", "attempts"}
     json.dumps(result)  # plain data, ready for Input.result(...)
@@ -285,7 +279,7 @@ async def test_retries_on_fast_failures_stay_inside_the_total_timeout(
     timeout = 0.5
     started = time.monotonic()
     result = await perform_lookup(
-        session, {"url": f"http://127.0.0.1:{_free_port()}/", "timeout": timeout, "retries": 5}
+        session, {"url": f"http://127.0.0.1:{free_port()}/", "timeout": timeout, "retries": 5}
     )
     assert result["error"] == "connection refused"
     assert 2 <= result["attempts"] <= 6
@@ -344,7 +338,7 @@ async def test_gzip_bomb_is_bounded_after_decompression(
 
 
 async def test_connection_refused(session: aiohttp.ClientSession) -> None:
-    result = await perform_lookup(session, {"url": f"http://127.0.0.1:{_free_port()}/health", "timeout": 2})
+    result = await perform_lookup(session, {"url": f"http://127.0.0.1:{free_port()}/health", "timeout": 2})
     _assert_shape(result)
     assert result["ok"] is False
     assert result["error"] == "connection refused"

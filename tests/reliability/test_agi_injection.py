@@ -184,6 +184,21 @@ def wire_problems(raw: bytes, commands: list[str]) -> list[str]:
     return problems
 
 
+async def call_problems(app, result, outcomes: dict[str, int]) -> tuple[list[str], str | None]:
+    """What went wrong with one finished call: the bytes on the wire, then the end
+    of its session (whose outcome is counted in ``outcomes``); and the session id."""
+    problems = wire_problems(result.raw_received, result.commands)
+    session_id = result.variables.get("IVR_SESSION")
+    session = await wait_ended(app, session_id)
+    if session is None or session["ended_at"] is None:
+        problems.append(f"session not ended: {session_id}")
+    elif not result.server_closed:
+        problems.append("server did not close the socket")
+    else:
+        outcomes[session["outcome"]] = outcomes.get(session["outcome"], 0) + 1
+    return problems, session_id
+
+
 @pytest.fixture
 async def backend():
     """A real HTTP back end; each case's hostile answer is registered under its id."""
@@ -246,15 +261,7 @@ async def test_hostile_text_from_every_source_never_reaches_the_wire_as_a_comman
                                get_data_reply=junk if i % 2 else None, idle_timeout=15)
         async with sem:
             result = await fake.run()
-        problems = wire_problems(result.raw_received, result.commands)
-        session_id = result.variables.get("IVR_SESSION")
-        session = await wait_ended(server, session_id)
-        if session is None or session["ended_at"] is None:
-            problems.append(f"session not ended: {session_id}")
-        elif not result.server_closed:
-            problems.append("server did not close the socket")
-        else:
-            outcomes[session["outcome"]] = outcomes.get(session["outcome"], 0) + 1
+        problems, session_id = await call_problems(server, result, outcomes)
         reason = dict(result.variables_set).get("__IVR_REASON")
         if reason is not None and case["raw_name"] is None and name not in ("", "unknown"):
             expected = sanitize(name).split("|")[0]

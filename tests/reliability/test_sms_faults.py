@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from ..conftest import running_server
+from ..conftest import free_port, running_server
 from .support import timed_call
 
 SEND_TIMEOUT = 1.0
@@ -30,12 +30,6 @@ SMS_CALLS = 10  # concurrent calls that try to text a link
 OTHER_CALLS = 5  # concurrent calls that send nothing
 SMS_KEYS = ["1", "8"]  # Mandarin, then "continue on screen"; the caller hangs up at the main menu again
 OTHER_KEYS = ["1", "3"]  # Mandarin, then outages (a look-up and a prompt), no text message
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.asynccontextmanager

@@ -24,7 +24,7 @@ Whole calls through the real FastAGI server:
 * a menu with speech: hostile grammar values and utterances, confident or
   to be confirmed (the confirm prompt repeats the utterance).
 
-The wire check is :func:`wire_problems` of ``test_agi_injection``.
+The wire check is :func:`call_problems` of ``test_agi_injection``.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from ivr.agi.protocol import sanitize
 from ivr.engine.types import Listen
 from ivr.hearing import Heard
 from ivr.testing.fake_asterisk import AppOutcome, FakeAsterisk, ScriptedCaller
-from .support import wait_ended
-from .test_agi_injection import HOSTILE, wire_problems
+
+from .test_agi_injection import HOSTILE, call_problems
 
 # What a recogniser could be made to say, if it could say anything.
 SPOKEN = [
@@ -235,15 +235,7 @@ async def test_hostile_recognised_speech_never_reaches_the_wire_as_a_command(rel
                             idle_timeout=60)
         async with sem:
             result = await fake.run()
-        problems = wire_problems(result.raw_received, result.commands)
-        session_id = result.variables.get("IVR_SESSION")
-        session = await wait_ended(server, session_id)
-        if session is None or session["ended_at"] is None:
-            problems.append(f"session not ended: {session_id}")
-        elif not result.server_closed:
-            problems.append("server did not close the socket")
-        else:
-            outcomes[session["outcome"]] = outcomes.get(session["outcome"], 0) + 1
+        problems, session_id = await call_problems(server, result, outcomes)
         if not any(c.startswith("EXEC AudioSocket ") for c in result.commands):
             problems.append("never listened")
         events = await server.store.events(session_id) if session_id else []
