@@ -422,7 +422,6 @@ class TrailStore:
         self.events_spilled = 0
         self.events_replayed = 0
         self.events_deduplicated = 0  # already written by an attempt whose outcome was unknown
-        self._deduplicated = 0
 
         self._spill = _Spill(Path(spill_path)) if spill_path is not None else None
         self._spill_ends: dict[int, _Op] = {}  # spilled end ops: their caller awaits op.result
@@ -873,7 +872,7 @@ class TrailStore:
         while True:
             started = time.monotonic()
             try:
-                written = await self._write(ops, reconcile=reconcile)
+                written, deduplicated = await self._write(ops, reconcile=reconcile)
             except Exception as exc:  # sorted below: transient or permanent
                 if not _is_permanent(exc):
                     reconcile = True
@@ -894,7 +893,7 @@ class TrailStore:
                 log.warning("trail store writing again after %d failed attempts", self._failures)
                 self._failures = 0
             self.events_written += written
-            self.events_deduplicated += self._deduplicated
+            self.events_deduplicated += deduplicated
             self.batches_written += 1
             self.last_write_latency = now - started
             self.last_write_delay = now - min(op.enqueued for op in ops)
@@ -916,18 +915,19 @@ class TrailStore:
             )
         await asyncio.sleep(delay)
 
-    async def _write(self, ops: list[_Op], *, reconcile: bool = False) -> int:
+    async def _write(self, ops: list[_Op], *, reconcile: bool = False) -> tuple[int, int]:
         """One transaction: new sessions, events, latest states, ends, in that order.
 
         With ``reconcile``, sessions and events an earlier attempt already
-        committed are left out. Returns the number of events written.
+        committed are left out. Returns the number of events stored, and how many
+        of them the earlier attempt had committed.
         """
-        self._deduplicated = 0
+        deduplicated = 0
         async with self._write_engine.begin() as conn:
             create_ops = [op for op in ops if op.kind == "create"]
             event_ops = [op for op in ops if op.kind == "event"]
             if reconcile:
-                create_ops, event_ops = await self._not_yet_written(conn, create_ops, event_ops)
+                create_ops, event_ops, deduplicated = await self._not_yet_written(conn, create_ops, event_ops)
             creates = [op.values for op in create_ops]
             if creates:
                 await conn.execute(insert(SE), creates)
@@ -963,21 +963,22 @@ class TrailStore:
             for op in ops:
                 if op.kind == "end":
                     op.result = await self._end(conn, op)
-        return len(event_ops) + self._deduplicated
+        return len(event_ops) + deduplicated, deduplicated
 
     async def _not_yet_written(
         self, conn: AsyncConnection, create_ops: list[_Op], event_ops: list[_Op]
-    ) -> tuple[list[_Op], list[_Op]]:
-        """Leave out what an attempt whose outcome is unknown already committed."""
+    ) -> tuple[list[_Op], list[_Op], int]:
+        """Leave out what an attempt whose outcome is unknown already committed
+        (and say how many events that was)."""
         if create_ops:
             ids = {op.session_id for op in create_ops}
             result = await conn.execute(select(SE.c.id).where(SE.c.id.in_(list(ids))))
             present = {row[0] for row in result.all()}
             create_ops = [op for op in create_ops if op.session_id not in present]
+        found: set[tuple[str, int]] = set()
         known = [op for op in event_ops if op.live.offset is not None]
         if known:
             keys = {(op.session_id, op.live.offset + op.local): op for op in known}  # type: ignore[operator]
-            found: set[tuple[str, int]] = set()
             key_list = list(keys)
             for start in range(0, len(key_list), 500):
                 chunk = key_list[start:start + 500]
@@ -989,11 +990,10 @@ class TrailStore:
                     if kind == op.values["kind"] and _utc(at) == _utc(op.values["at"]):
                         found.add((sid, seq))  # ours, committed by the lost attempt
             if found:
-                self._deduplicated = len(found)
                 event_ops = [op for op in event_ops
                              if op.live.offset is None
                              or (op.session_id, op.live.offset + op.local) not in found]
-        return create_ops, event_ops
+        return create_ops, event_ops, len(found)
 
     async def _resolve_offsets(self, conn: AsyncConnection, event_ops: list[_Op]) -> None:
         """Set the seq offset of sessions that do not know it from the stored max(seq)."""
