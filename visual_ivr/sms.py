@@ -23,7 +23,6 @@ import hashlib
 import hmac
 import json
 import logging
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -143,7 +142,7 @@ class _SmscRefused(Exception):
 
 class SmppGateway:
     """SMPP 3.4 transmitter (smpplib is blocking: it runs in a worker thread of
-    its own, one message at a time, over one bound connection kept open).
+    its own, so one message at a time, over one bound connection kept open).
 
     A send waits at most ``timeout`` for its turn, then fails (``smpp busy``):
     an SMS centre that does not answer makes callers wait one timeout each,
@@ -160,7 +159,6 @@ class SmppGateway:
         self.system_id, self.password = system_id, password
         self.timeout = timeout
         self._client: Any = None
-        self._lock = threading.Lock()
         self._turn: asyncio.Lock | None = None
         self._executor: ThreadPoolExecutor | None = None
 
@@ -207,23 +205,22 @@ class SmppGateway:
         return ",".join(ids)
 
     def _send_blocking(self, to: str, text: str, sender: str) -> SendResult:
-        with self._lock:
-            for attempt in (1, 2):
-                kept = self._client is not None
-                try:
-                    if self._client is None:
-                        self._client = self._connect()
-                    return SendResult("sent", self._submit(to, text, sender))
-                except _SmscRefused as exc:  # a clear answer: the link is fine, do not retry
-                    return SendResult("failed", reason=str(exc)[:64])
-                except Exception as exc:  # noqa: BLE001 - any SMPP/socket failure is a failed send
-                    self._drop()
-                    # only a kept connection that went stale is worth a second try
-                    if attempt == 2 or not kept:
-                        # smpplib turns a socket timeout into a bare ConnectionError()
-                        timed_out = isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError)
-                        what = "timeout" if timed_out else f"{type(exc).__name__}: {exc}"
-                        return SendResult("failed", reason=f"smpp: {what}"[:64])
+        for attempt in (1, 2):
+            kept = self._client is not None
+            try:
+                if self._client is None:
+                    self._client = self._connect()
+                return SendResult("sent", self._submit(to, text, sender))
+            except _SmscRefused as exc:  # a clear answer: the link is fine, do not retry
+                return SendResult("failed", reason=str(exc)[:64])
+            except Exception as exc:  # noqa: BLE001 - any SMPP/socket failure is a failed send
+                self._drop()
+                # only a kept connection that went stale is worth a second try
+                if attempt == 2 or not kept:
+                    # smpplib turns a socket timeout into a bare ConnectionError()
+                    timed_out = isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError)
+                    what = "timeout" if timed_out else f"{type(exc).__name__}: {exc}"
+                    return SendResult("failed", reason=f"smpp: {what}"[:64])
         return SendResult("failed", reason="smpp")  # pragma: no cover
 
     def _drop(self) -> None:
@@ -253,13 +250,12 @@ class SmppGateway:
             self._turn.release()
 
     def _close_blocking(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                try:
-                    self._client.unbind()
-                except Exception:  # noqa: BLE001
-                    pass
-                self._drop()
+        if self._client is not None:
+            try:
+                self._client.unbind()
+            except Exception:  # noqa: BLE001
+                pass
+            self._drop()
 
     async def close(self) -> None:
         if self._executor is None:
