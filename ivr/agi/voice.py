@@ -415,8 +415,10 @@ class VoiceFace:
                 # after a cancelled command (the server stopping) the reply
                 # it owes comes first; Asterisk reads ours once that command
                 # ends, so wait briefly and do not hold the shutdown up
-                limit = HANDBACK_TIMEOUT if chan.owed_replies else None
-                await chan.set_variable(names.VAR_RESULT, outcome, **({"timeout": limit} if limit else {}))
+                if chan.owed_replies:
+                    await chan.set_variable(names.VAR_RESULT, outcome, timeout=HANDBACK_TIMEOUT)
+                else:
+                    await chan.set_variable(names.VAR_RESULT, outcome)
                 if outcome not in ("error",):
                     await chan.hangup()
         except AgiError:
